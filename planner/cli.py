@@ -1,0 +1,36 @@
+"""Console script `planner`: one typed dataclass config per subcommand (field docstrings become --help).
+
+Each subcommand module exposes a `*Config` dataclass and a `run(cfg)` function; this file only maps names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, config class). Modules are imported only for the subcommand that runs.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("planner.collect", "CollectConfig"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import tyro
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in SUBCOMMANDS:
+        names = ", ".join(SUBCOMMANDS)
+        if argv and argv[0] in ("-h", "--help"):
+            print(f"usage: planner {{{names}}} [--help]")
+            return
+        print(f"usage: planner {{{names}}} ...\nunknown or missing subcommand; choose one of: {names}")
+        raise SystemExit(2)
+    name, rest = argv[0], argv[1:]
+    module_name, config_name = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    cfg = tyro.cli(getattr(module, config_name), args=rest, prog=f"planner {name}")
+    module.run(cfg)
+
+
+if __name__ == "__main__":
+    main()

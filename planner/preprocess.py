@@ -1,0 +1,72 @@
+"""The one image-preprocessing rule, shared by collection, import, training, evaluation, server and client.
+
+A rule is recorded in the store's meta.json and the checkpoint's config.json; every consumer rebuilds it
+with `Preprocessing.from_dict` so that what the model sees at serving time is what it saw in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """RGB uint8 HxWx3 of any size -> RGB uint8 size x size x 3."""
+
+    size: int = 64
+    """Output side length in pixels (square)."""
+    crop: str = "center"
+    """`center`: crop the largest centred square first; `none`: resize the full frame (aspect changes)."""
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"preprocessing size must be >= 8, got {self.size}")
+        if self.crop not in ("center", "none"):
+            raise ValueError(f"preprocessing crop must be 'center' or 'none', got {self.crop!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(size=int(d["size"]), crop=str(d.get("crop", "center")))
+
+
+def check_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """Validate an HxWx3 uint8 RGB array; raises ValueError that says what is wrong."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{what} must be an HxWx3 RGB array, got shape {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8, got {image.dtype}")
+    return image
+
+
+def preprocess_image(image: np.ndarray, rule: Preprocessing) -> np.ndarray:
+    """RGB uint8 [H,W,3] -> RGB uint8 [size,size,3] by the rule (identity when already that size)."""
+    image = check_rgb_uint8(image)
+    h, w, _ = image.shape
+    if rule.crop == "center" and h != w:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        image = image[top : top + s, left : left + s]
+    if image.shape[0] == rule.size and image.shape[1] == rule.size:
+        return np.ascontiguousarray(image)
+    shrinking = image.shape[0] > rule.size
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    out = Image.fromarray(image).resize((rule.size, rule.size), resample=resample)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def images_to_model_input(images, device=None):
+    """uint8 [..., H, W, 3] (numpy or torch) -> float32 torch tensor [..., 3, H, W] in [-1, 1]."""
+    import torch
+
+    t = torch.as_tensor(images, device=device)
+    if t.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8, got {t.dtype}")
+    t = t.movedim(-1, -3).float()
+    return t.div_(127.5).sub_(1.0)
