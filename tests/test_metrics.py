@@ -1,0 +1,200 @@
+"""planner.metrics on synthetic latents and small fake models whose answers are known."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from planner import metrics as M
+
+
+class LinearDynamics(torch.nn.Module):
+    """Fake world model: z' = z + a @ B (exact for latents built the same way), encode = per-channel mean."""
+
+    def __init__(self, b: torch.Tensor, copy_last: bool = False):
+        super().__init__()
+        self.b = b
+        self.copy_last = copy_last
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:  # [B,3,H,W] -> [B,3]
+        return images.mean(dim=(-1, -2))
+
+    def rollout(self, z_hist, a_prev, actions):  # [B,K,D], [B,K-1,A], [B,S,H,A] -> [B,S,H,D]
+        z = z_hist[:, -1][:, None, None]  # [B,1,1,D]
+        if self.copy_last:
+            return z.expand(-1, actions.shape[1], actions.shape[2], -1)
+        return z + torch.cumsum(actions @ self.b, dim=2)
+
+
+def linear_episodes(n_eps=8, steps=30, a_dim=2, d=6, seed=0, with_goals=True):
+    """Latents driven exactly by z' = z + a @ B; task state = first 2 latent dims (a linear readout)."""
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randn(a_dim, d, generator=g)
+    lat, acts, states = [], [], []
+    for _ in range(n_eps):
+        a = torch.rand(steps, a_dim, generator=g) * 2 - 1
+        z0 = torch.randn(1, d, generator=g)
+        z = torch.cat([z0, z0 + torch.cumsum(a @ b, dim=0)])
+        lat.append(z)
+        acts.append(a)
+        states.append(z[:, :2].numpy().copy())
+    goals = torch.stack([z[-1] for z in lat]) if with_goals else None
+    goal_states = np.stack([s[-1] for s in states]) if with_goals else None
+    enc = M.EncodedEpisodes(lat, acts, states, goals, goal_states)
+    return enc, b
+
+
+# -- collapse watch ------------------------------------------------------------------------------------------
+
+
+def test_effective_rank_isotropic_is_about_d_and_rank1_is_about_1():
+    g = torch.Generator().manual_seed(0)
+    iso = torch.randn(4096, 32, generator=g)
+    assert 30.0 < M.effective_rank(iso) <= 32.0
+    rank1 = torch.randn(500, 1, generator=g) * torch.randn(1, 32, generator=g)
+    assert M.effective_rank(rank1) == pytest.approx(1.0, abs=1e-3)
+    assert M.effective_rank(torch.ones(100, 8)) == 0.0
+    with pytest.raises(ValueError, match="N>=2"):
+        M.effective_rank(torch.ones(1, 8))
+
+
+def test_per_dim_std_and_collapse_stats_flag_dead_dims():
+    x = torch.randn(1000, 4)
+    x[:, 2] = 3.0
+    std = M.per_dim_std(x)
+    assert std.shape == (4,) and std[2] == 0 and (std[[0, 1, 3]] > 0.8).all()
+    stats = M.collapse_stats(x)
+    assert stats["frac_dims_dead"] == 0.25 and stats["dim"] == 4 and stats["std_min"] == 0
+
+
+# -- linear probe --------------------------------------------------------------------------------------------
+
+
+def test_linear_probe_high_for_linear_latents_low_for_noise():
+    rng = np.random.default_rng(0)
+    state_tr, state_te = rng.normal(size=(800, 3)), rng.normal(size=(300, 3))
+    mix = rng.normal(size=(3, 16))
+    lin_tr = state_tr @ mix + 0.01 * rng.normal(size=(800, 16))
+    lin_te = state_te @ mix + 0.01 * rng.normal(size=(300, 16))
+    good = M.linear_probe_r2(lin_tr, state_tr, lin_te, state_te)
+    assert good.mean_r2 > 0.99 and len(good.r2) == 3
+    noise = M.linear_probe_r2(rng.normal(size=(800, 16)), state_tr, rng.normal(size=(300, 16)), state_te)
+    assert noise.mean_r2 < 0.05
+
+
+def test_linear_probe_rejects_mismatched_rows():
+    with pytest.raises(ValueError, match="same number of rows"):
+        M.linear_probe_r2(np.zeros((10, 3)), np.zeros((9, 1)), np.zeros((5, 3)), np.zeros((5, 1)))
+
+
+# -- k-step error --------------------------------------------------------------------------------------------
+
+
+def test_kstep_perfect_predictor_beats_copy_last_and_is_action_sensitive():
+    enc, b = linear_episodes()
+    res = M.kstep_prediction_error(LinearDynamics(b), enc, history_len=2, k_max=5)
+    assert res.k == [1, 2, 3, 4, 5] and res.n_windows == 8 * (30 - 5 - 1 + 1)
+    assert max(res.ratio) < 1e-6
+    assert min(res.copy_last_error) > 0.1
+    assert all(s > 1e3 for s in res.action_sensitivity)  # shuffled plans are far off, true ones exact
+
+
+def test_kstep_copy_last_model_has_ratio_one_and_no_action_sensitivity():
+    enc, b = linear_episodes()
+    res = M.kstep_prediction_error(LinearDynamics(b, copy_last=True), enc, history_len=3, k_max=4,
+                                   max_windows=50)
+    assert res.n_windows == 50
+    assert res.ratio == pytest.approx([1.0] * 4, rel=1e-5)
+    assert res.action_sensitivity == pytest.approx([1.0] * 4, rel=1e-5)
+
+
+def test_kstep_needs_long_enough_episodes():
+    enc, b = linear_episodes(steps=4)
+    with pytest.raises(ValueError, match="too short"):
+        M.kstep_prediction_error(LinearDynamics(b), enc, history_len=2, k_max=5)
+
+
+# -- energy shape --------------------------------------------------------------------------------------------
+
+
+def _state_episodes(latent_fn, n_eps=10, steps=50, seed=0):
+    """Task state = a 2-D random walk; latents = latent_fn(state); goal = the last state."""
+    rng = np.random.default_rng(seed)
+    lat, acts, states = [], [], []
+    for _ in range(n_eps):
+        s = np.cumsum(rng.normal(scale=0.03, size=(steps + 1, 2)), axis=0) + rng.uniform(-0.3, 0.3, 2)
+        states.append(s.astype(np.float32))
+        lat.append(torch.as_tensor(latent_fn(s), dtype=torch.float32))
+        acts.append(torch.zeros(steps, 2))
+    goals = torch.stack([z[-1] for z in lat])
+    return M.EncodedEpisodes(lat, acts, states, goals, np.stack([s[-1] for s in states]))
+
+
+def test_energy_rank_correlation_about_one_for_state_latents_about_zero_for_random():
+    exact = M.energy_rank_correlation(_state_episodes(lambda s: 3.0 * s), n_pairs=2000)
+    for key in ("within", "across", "all", "goal"):
+        assert exact.spearman[key] > 0.999, key
+    assert exact.flat_ranges == [] and exact.goal_flat_ranges == []
+    rng = np.random.default_rng(1)
+    rand = M.energy_rank_correlation(_state_episodes(lambda s: rng.normal(size=(len(s), 8))), n_pairs=2000)
+    assert abs(rand.spearman["all"]) < 0.1 and abs(rand.spearman["goal"]) < 0.15
+    d = rand.to_dict()
+    assert set(d) >= {"spearman", "bins", "flat_ranges", "goal_span", "goal_bins"}
+
+
+def test_flatness_detector_flags_saturating_energy():
+    # tanh saturates: latent distance keeps growing only while states are within ~0.1 m of each other
+    res = M.energy_rank_correlation(_state_episodes(lambda s: np.tanh(s / 0.05)), n_pairs=4000)
+    assert res.flat_ranges, "tanh-saturated latents must show flat bins"
+    assert res.flat_ranges[0][0] > 0.05  # the near range still discriminates
+    lin = M.energy_rank_correlation(_state_episodes(lambda s: s), n_pairs=4000)
+    assert lin.flat_ranges == []
+    bins = M.energy_bins(np.linspace(0, 1, 1000), np.minimum(np.linspace(0, 1, 1000), 0.3), hi=1.0)
+    assert [b.flat for b in bins] == [False] * 4 + [True] * 6
+    assert M.flat_ranges(bins) == [pytest.approx((0.4, 1.0))]
+
+
+def test_goal_threshold_is_quantile_of_close_pairs():
+    enc = _state_episodes(lambda s: 2.0 * s, n_eps=20)
+    thr = M.calibrate_goal_energy_threshold(enc, success_threshold=0.05, quantile=0.9)
+    assert thr.source == "goal" and thr.n_close >= 20
+    assert 0 < thr.threshold < 2.0 * 0.05  # latent distance = 2x true distance, all close pairs < 0.05
+    assert thr.false_accept_rate == 0.0  # monotone energy: no far pair falls under the threshold
+    with pytest.raises(ValueError, match="pairs closer than"):
+        M.calibrate_goal_energy_threshold(enc, success_threshold=1e-6, min_pairs=21)  # 20 goals reached
+
+
+def test_goal_threshold_falls_back_to_state_pairs_without_goals():
+    enc, _ = linear_episodes(with_goals=False)
+    thr = M.calibrate_goal_energy_threshold(enc, success_threshold=0.5, min_pairs=5)
+    assert thr.source == "states" and thr.n_close >= 5 and thr.threshold > 0
+
+
+# -- encoding and plotting -----------------------------------------------------------------------------------
+
+
+def test_encode_episodes_batches_and_keeps_goals():
+    rng = np.random.default_rng(0)
+    eps = [SimpleNamespace(images=rng.integers(0, 256, (11, 8, 8, 3), dtype=np.uint8),
+                           actions=rng.uniform(-1, 1, (10, 2)).astype(np.float32),
+                           task_state=rng.normal(size=(11, 3)).astype(np.float32),
+                           goal_image=rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+                           goal_task_state=np.zeros(3, np.float32)) for _ in range(3)]
+    enc = M.encode_episodes(LinearDynamics(torch.zeros(2, 3)), eps, batch_size=4)
+    expect = eps[1].images.reshape(11, -1, 3).mean(1) / 127.5 - 1.0
+    assert torch.allclose(enc.latents[1], torch.as_tensor(expect, dtype=torch.float32), atol=1e-5)
+    assert enc.has_goals and enc.goal_latents.shape == (3, 3) and enc.goal_task_states.shape == (3, 3)
+
+
+def test_encoded_episodes_validates_lengths():
+    with pytest.raises(ValueError, match="T\\+1"):
+        M.EncodedEpisodes([torch.zeros(5, 2)], [torch.zeros(5, 2)], [np.zeros((5, 2))])
+
+
+def test_plot_energy_curve_writes_png(tmp_path):
+    res = M.energy_rank_correlation(_state_episodes(lambda s: np.tanh(s / 0.05)), n_pairs=500)
+    out = M.plot_energy_curve(res, tmp_path / "sub" / "energy.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
