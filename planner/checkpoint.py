@@ -1,0 +1,259 @@
+"""Self-describing checkpoints: CKPT/config.json + CKPT/model.safetensors + CKPT/card.md (DESIGN 3).
+
+`save` writes the whole directory atomically (temp dir, then rename); `load(path, device)` rebuilds the
+model through the `model_type` registry and names it `f"{dirname}@{sha256(model.safetensors)[:12]}"`.
+Any corrupt, truncated or mismatched file raises CheckpointError naming that file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.md"
+
+# model_type -> "module:callable" building an nn.Module from config["architecture"] (a dict).
+# A model class used with `save` must have a `model_type` attribute and `cfg.to_dict()`.
+MODEL_TYPES: dict[str, str] = {
+    "jepa": "planner.checkpoint:build_jepa",
+}
+
+REQUIRED_KEYS = ("format_version", "model_type", "architecture", "image", "action", "history_len")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or one of its files is missing, corrupt or inconsistent."""
+
+
+@dataclass
+class Loaded:
+    """A loaded checkpoint: the model (eval mode, on `device`), its config.json dict, and its name."""
+
+    model: nn.Module
+    config: dict
+    name: str
+
+
+def register_model_type(model_type: str, builder: str) -> None:
+    """Register `builder` ("module:callable", callable(architecture: dict) -> nn.Module) for `model_type`."""
+    if ":" not in builder:
+        raise ValueError(f"builder must look like 'package.module:function', got {builder!r}")
+    MODEL_TYPES[model_type] = builder
+
+
+def build_jepa(architecture: dict) -> nn.Module:
+    from planner.world_model import WorldModel, WorldModelConfig
+
+    return WorldModel(WorldModelConfig.from_dict(architecture))
+
+
+def build_model(model_type: str, architecture: dict) -> nn.Module:
+    """Instantiate an untrained model of a registered type."""
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"unknown model_type {model_type!r}; registered: {sorted(MODEL_TYPES)}")
+    module_name, fn_name = MODEL_TYPES[model_type].split(":")
+    return getattr(importlib.import_module(module_name), fn_name)(architecture)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_name(path: str | os.PathLike, sha256: str | None = None) -> str:
+    """`dirname@<first 12 hex of sha256(model.safetensors)>`."""
+    path = Path(path)
+    sha256 = sha256 or file_sha256(path / WEIGHTS_FILE)
+    return f"{path.resolve().name}@{sha256[:12]}"
+
+
+def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save(path: str | os.PathLike, model: nn.Module, config: dict, card: str | None = None) -> str:
+    """Write CKPT atomically; returns the checkpoint name.
+
+    config: everything describing the model except `format_version`, `model_type`, `architecture` and
+    `weights_sha256`, which are filled in here from the model. card: card.md text (default: render_card).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    full = {
+        "format_version": FORMAT_VERSION,
+        "model_type": model.model_type,
+        "architecture": model.cfg.to_dict(),
+        **config,
+    }
+    missing = [k for k in REQUIRED_KEYS if k not in full]
+    if missing:
+        raise ValueError(f"checkpoint config lacks {missing}; required: {list(REQUIRED_KEYS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        save_file(_state_dict_for_save(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        sha = file_sha256(tmp / WEIGHTS_FILE)
+        full["weights_sha256"] = sha
+        (tmp / CONFIG_FILE).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+        name = f"{path.name}@{sha[:12]}"
+        (tmp / CARD_FILE).write_text(card if card is not None else render_card(full, name))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return name
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move directory src to dst; an existing dst is swapped out first, then deleted."""
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """Parse and validate CKPT/config.json (no weights loaded)."""
+    cfg_path = Path(path) / CONFIG_FILE
+    if not Path(path).is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path} is missing: not a checkpoint directory")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path} is corrupt (not valid JSON): {e}") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path} must hold a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise CheckpointError(f"{cfg_path} lacks required keys {missing}")
+    if cfg["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{cfg_path} has format_version {cfg['format_version']}, this code reads {FORMAT_VERSION}"
+        )
+    arch, action = cfg["architecture"], cfg["action"]
+    if "action_dim" in arch and int(action.get("dim", -1)) != int(arch["action_dim"]):
+        raise CheckpointError(
+            f"{cfg_path}: action.dim {action.get('dim')} does not match "
+            f"architecture.action_dim {arch['action_dim']}"
+        )
+    if "image_size" in arch and int(cfg["image"].get("size", -1)) != int(arch["image_size"]):
+        raise CheckpointError(
+            f"{cfg_path}: image.size {cfg['image'].get('size')} does not match architecture.image_size "
+            f"{arch['image_size']}"
+        )
+    return cfg
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
+    """Load CKPT (config.json + model.safetensors) onto `device`; the model is returned in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = read_config(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing")
+    sha = file_sha256(weights)
+    if cfg.get("weights_sha256") not in (None, sha):
+        raise CheckpointError(
+            f"{weights} does not match the sha256 recorded in {path / CONFIG_FILE} "
+            f"(truncated, corrupt or replaced): expected {cfg['weights_sha256'][:12]}, got {sha[:12]}"
+        )
+    try:
+        model = build_model(cfg["model_type"], cfg["architecture"])
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path / CONFIG_FILE}: invalid architecture: {e}") from e
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is corrupt or truncated: {e}") from e
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not match architecture in {CONFIG_FILE}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}"
+        )
+    bad = [k for k in expected if expected[k].shape != state[k].shape]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(
+            f"{weights} does not match architecture in {CONFIG_FILE}: {k} has shape "
+            f"{tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+        )
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return Loaded(model=model, config=cfg, name=checkpoint_name(path, sha))
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render_card(config: dict, name: str, commands: list[str] | None = None) -> str:
+    """card.md text: what the model is, the data and config it was trained with, metrics, exact commands."""
+    data = config.get("training_data", {})
+    metrics = config.get("metrics", {})
+    arch = config.get("architecture", {})
+    lines = [
+        f"# {name}",
+        "",
+        f"A `{config.get('model_type')}` latent world model for goal-image planning "
+        f"(encode a {config['image']['size']}x{config['image']['size']} RGB image to a latent, predict the "
+        f"next latent from {config['history_len']} latents and actions). Plan by minimising the L2 distance "
+        "between the imagined final latent and the goal image's latent.",
+        "",
+        "## Training data",
+        "",
+        f"- store: `{data.get('store')}`, env `{data.get('env_id')}`, meta hash `{data.get('meta_hash')}`",
+        f"- episodes: {data.get('episodes')} (train {data.get('train_episodes')}, "
+        f"validation {data.get('val_episodes')})",
+        "",
+        "## Architecture",
+        "",
+        "| key | value |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in arch.items()],
+        "",
+        "## Validation metrics",
+        "",
+        f"goal_energy_threshold: {_fmt(config.get('goal_energy_threshold'))}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in metrics.items()],
+        "",
+        "## Commands",
+        "",
+        "```",
+        *(commands or config.get("commands", [])),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+

@@ -1,0 +1,378 @@
+"""JEPA latent world model: conv encoder + action-conditioned residual MLP predictor (imports only torch).
+
+Shapes: B batch, T frames, K history length, S candidates, H horizon, D latent dim, A action dim.
+Images enter as float [B,3,H,W] in [-1, 1] (planner.preprocess.images_to_model_input).
+The training objective (prediction + open-loop rollout loss, VICReg or SIGReg anti-collapse, optional EMA
+target encoder, temporal-ordering energy shaping) lives here too, as pure functions of tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class WorldModelConfig:
+    """Architecture of the JEPA world model (recorded in config.json under `architecture`)."""
+
+    image_size: int = 64
+    """Square input side in pixels; must be divisible by 2**len(enc_channels)."""
+    action_dim: int = 4
+    """A: normalized action dimension."""
+    latent_dim: int = 64
+    """D: latent dimension."""
+    history_len: int = 2
+    """K: number of past latents (and actions) the predictor sees."""
+    enc_channels: tuple[int, ...] = (16, 32, 64, 128)
+    """Channels of the stride-2 conv layers of the encoder."""
+    enc_groups: int = 8
+    """GroupNorm groups in the encoder."""
+    pred_hidden: int = 256
+    """Predictor hidden width."""
+    pred_blocks: int = 1
+    """Residual blocks (LayerNorm -> Linear -> GELU -> Linear) in the predictor."""
+
+    def __post_init__(self) -> None:
+        self.enc_channels = tuple(int(c) for c in self.enc_channels)
+        n = len(self.enc_channels)
+        if n < 1 or self.image_size % (2**n) != 0:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2**{n} (one halving per encoder layer)"
+            )
+        for name in ("action_dim", "latent_dim", "history_len", "pred_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(c % self.enc_groups for c in self.enc_channels):
+            raise ValueError(
+                f"enc_channels {self.enc_channels} must be multiples of enc_groups {self.enc_groups}"
+            )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["enc_channels"] = list(self.enc_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldModelConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown architecture keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+class Encoder(nn.Module):
+    """images [N,3,S,S] -> z [N,D]: stride-2 conv + GroupNorm + SiLU layers, then a linear head."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c in cfg.enc_channels:
+            layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.GroupNorm(cfg.enc_groups, c), nn.SiLU()]
+            c_in = c
+        self.convs = nn.Sequential(*layers)
+        side = cfg.image_size // (2 ** len(cfg.enc_channels))
+        self.head = nn.Linear(c_in * side * side, cfg.latent_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(images).flatten(1))
+
+
+class ResidualBlock(nn.Module):
+    """x [N,W] -> x + MLP(LayerNorm(x))."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class Predictor(nn.Module):
+    """(z_hist [N,K,D], a_hist [N,K,A]) -> z_next [N,D] = z_hist[:, -1] + MLP(flattened history)."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        k, d, a, w = cfg.history_len, cfg.latent_dim, cfg.action_dim, cfg.pred_hidden
+        self.inp = nn.Linear(k * (d + a), w)
+        self.blocks = nn.ModuleList(ResidualBlock(w) for _ in range(cfg.pred_blocks))
+        self.norm = nn.LayerNorm(w)
+        self.out = nn.Linear(w, d)
+
+    def forward(self, z_hist: torch.Tensor, a_hist: torch.Tensor) -> torch.Tensor:
+        x = self.inp(torch.cat([z_hist.flatten(1), a_hist.flatten(1)], dim=1))
+        for block in self.blocks:
+            x = block(x)
+        return z_hist[:, -1] + self.out(F.gelu(self.norm(x)))
+
+
+class WorldModel(nn.Module):
+    """JEPA world model: encode (pixels -> latent), predict (one step), rollout (batched open loop)."""
+
+    model_type = "jepa"
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.predictor = Predictor(cfg)
+
+    @property
+    def history_len(self) -> int:
+        return self.cfg.history_len
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images float [B,3,S,S] in [-1,1] -> z [B,D]."""
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] != self.cfg.image_size:
+            raise ValueError(
+                f"encode expects images [B,3,{self.cfg.image_size},{self.cfg.image_size}] in [-1, 1], "
+                f"got {tuple(images.shape)}"
+            )
+        return self.encoder(images)
+
+    def predict(self, z_hist: torch.Tensor, a_hist: torch.Tensor) -> torch.Tensor:
+        """z_hist [B,K,D], a_hist [B,K,A] (a_hist[:, -1] taken at the last frame) -> z_next [B,D]."""
+        return self.predictor(z_hist, a_hist)
+
+    def rollout(self, z_hist: torch.Tensor, a_prev: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Open-loop imagination for B problems x S candidates x H steps; encodes nothing.
+
+        z_hist [B,K,D] latest K latents; a_prev [B,K-1,A] actions taken between them (K-1 may be 0);
+        actions [B,S,H,A] candidate sequences -> z [B,S,H,D], z[:, :, h] the latent after actions[:, :, h].
+        """
+        b, s, h, a = actions.shape
+        k, d = self.cfg.history_len, self.cfg.latent_dim
+        if z_hist.shape != (b, k, d) or a_prev.shape != (b, k - 1, a):
+            raise ValueError(
+                f"rollout expects z_hist [{b},{k},{d}] and a_prev [{b},{k - 1},{a}], "
+                f"got {tuple(z_hist.shape)} and {tuple(a_prev.shape)}"
+            )
+        z = z_hist.unsqueeze(1).expand(b, s, k, d).reshape(b * s, k, d)
+        a_ctx = a_prev.unsqueeze(1).expand(b, s, k - 1, a).reshape(b * s, k - 1, a)
+        acts = actions.reshape(b * s, h, a)
+        out = []
+        for t in range(h):
+            a_win = torch.cat([a_ctx, acts[:, t : t + 1]], dim=1)
+            z_next = self.predictor(z, a_win)
+            out.append(z_next)
+            z = torch.cat([z[:, 1:], z_next.unsqueeze(1)], dim=1)
+            a_ctx = a_win[:, 1:]
+        return torch.stack(out, dim=1).reshape(b, s, h, d)
+
+    def forward(
+        self, images: torch.Tensor, actions: torch.Tensor, rollout_steps: int
+    ) -> dict[str, torch.Tensor]:
+        """Training forward pass (goes through DDP). images [B,T,3,S,S], actions [B,T-1,A].
+
+        Returns z [B,T,D] (online latents), teacher-forced predictions tf [B,T-K,D] of frames K..T-1 from
+        true latents, and open-loop predictions roll [B,R,D] of frames K..K+R-1 from the first K latents.
+        """
+        b, t = images.shape[:2]
+        k = self.cfg.history_len
+        if t < k + rollout_steps or actions.shape[:2] != (b, t - 1):
+            raise ValueError(
+                f"need T >= K + rollout_steps = {k + rollout_steps} frames and T-1 actions, "
+                f"got images {tuple(images.shape)} actions {tuple(actions.shape)}"
+            )
+        z = self.encoder(images.flatten(0, 1)).view(b, t, -1)
+        # teacher forcing: all windows of K true latents, batched
+        z_win = z.unfold(1, k, 1)[:, : t - k].permute(0, 1, 3, 2)  # [B,T-K,K,D]
+        a_win = actions.unfold(1, k, 1)[:, : t - k].permute(0, 1, 3, 2)  # [B,T-K,K,A]
+        tf = self.predictor(z_win.flatten(0, 1), a_win.flatten(0, 1)).view(b, t - k, -1)
+        # open loop from the first K latents
+        zs = z[:, :k]
+        roll = []
+        for r in range(rollout_steps):
+            zn = self.predictor(zs, actions[:, r : r + k])
+            roll.append(zn)
+            zs = torch.cat([zs[:, 1:], zn.unsqueeze(1)], dim=1)
+        return {"z": z, "tf": tf, "roll": torch.stack(roll, dim=1) if roll else z[:, :0]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Objective
+
+
+@dataclass
+class ObjectiveConfig:
+    """JEPA training objective (recorded in config.json under `training.objective`)."""
+
+    rollout_steps: int = 4
+    """R: open-loop steps in the multi-step rollout loss (also the teacher-forcing window)."""
+    rollout_weight: float = 1.0
+    """Weight of the open-loop rollout loss (teacher forcing has weight 1)."""
+    regularizer: str = "vicreg"
+    """Anti-collapse term on the online latents: `vicreg`, `sigreg` or `none` (then use ema_target)."""
+    var_weight: float = 1.0
+    """VICReg: weight of the per-dimension std hinge (std target 1)."""
+    cov_weight: float = 1.0
+    """VICReg: weight of the off-diagonal covariance penalty."""
+    sigreg_weight: float = 1.0
+    """SIGReg: weight of the Epps-Pulley statistic over random 1-D projections."""
+    sigreg_projections: int = 64
+    """SIGReg: random directions per step."""
+    ema_target: bool = False
+    """Regress predictions onto an EMA copy of the encoder with stop-gradient (else onto online latents)."""
+    ema_decay: float = 0.99
+    """EMA decay of the target encoder."""
+    temporal_weight: float = 0.1
+    """Temporal-ordering hinge: within a trajectory ||z_t - z_t+k|| must grow with k (0 disables)."""
+    temporal_span: int = 8
+    """Longest offset k of the temporal term; windows hold max(K + R, span + 1) frames."""
+    temporal_margin: float = 0.05
+    """Hinge margin, relative to the mean latent distance in the batch."""
+
+    def __post_init__(self) -> None:
+        if self.regularizer not in ("vicreg", "sigreg", "none"):
+            raise ValueError(f"regularizer must be vicreg, sigreg or none, got {self.regularizer!r}")
+        if self.rollout_steps < 1:
+            raise ValueError(f"rollout_steps must be >= 1, got {self.rollout_steps}")
+        if self.temporal_span < 1:
+            raise ValueError(f"temporal_span must be >= 1, got {self.temporal_span}")
+
+    def window_len(self, history_len: int) -> int:
+        """Frames per training window."""
+        span = self.temporal_span + 1 if self.temporal_weight > 0 else 0
+        return max(history_len + self.rollout_steps, span)
+
+
+def vicreg_terms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z [N,D] -> (std hinge mean(relu(1 - std_d)), off-diagonal covariance sum(c_ij^2)/D)."""
+    z = z.float()
+    zc = z - z.mean(0)
+    std = torch.sqrt(zc.var(0) + 1e-4)
+    var = F.relu(1.0 - std).mean()
+    n, d = z.shape
+    cov = (zc.T @ zc) / max(n - 1, 1)
+    off = cov - torch.diag(torch.diag(cov))
+    return var, off.pow(2).sum() / d
+
+
+def sigreg(
+    z: torch.Tensor, num_projections: int, generator: torch.Generator, knots: int = 17
+) -> torch.Tensor:
+    """LeJEPA SIGReg: Epps-Pulley test of z [N,D] projections against N(0,1), averaged over random directions.
+
+    Per direction: integral of |phi_emp(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt over t in [-5, 5] (0.41 when
+    collapsed to a point, ~1/N for a true Gaussian sample).
+    """
+    z = z.float()
+    n, d = z.shape
+    dirs = torch.randn(d, num_projections, generator=generator).to(z.device)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    x = z @ dirs  # [N,M]
+    t = torch.linspace(-5.0, 5.0, knots, device=z.device)
+    xt = x.unsqueeze(-1) * t  # [N,M,T]
+    phi = torch.exp(-0.5 * t**2)
+    err = (xt.cos().mean(0) - phi).pow(2) + xt.sin().mean(0).pow(2)  # [M,T]
+    return torch.trapezoid(err * phi, t, dim=-1).mean()
+
+
+def temporal_ordering(z: torch.Tensor, span: int, margin: float) -> torch.Tensor:
+    """z [B,T,D] -> mean hinge relu(d(t,t+k) - d(t,t+k+1) + margin * mean_d) over t and k < span."""
+    b, t, _ = z.shape
+    span = min(span, t - 1)
+    if span < 2:
+        return z.new_zeros(())
+    dist = torch.cdist(z.float(), z.float())  # [B,T,T]
+    scale = dist.mean().detach() + 1e-6
+    losses = []
+    for k in range(1, span):
+        near = torch.diagonal(dist, offset=k, dim1=1, dim2=2)[:, : t - k - 1]  # d(t, t+k)
+        far = torch.diagonal(dist, offset=k + 1, dim1=1, dim2=2)  # d(t, t+k+1)
+        losses.append(F.relu(near - far + margin * scale).mean())
+    return torch.stack(losses).mean() / scale
+
+
+@dataclass
+class LatentStats:
+    """Collapse watch on a batch of latents [N,D]."""
+
+    std_mean: float
+    std_min: float
+    effective_rank: float
+
+
+def latent_stats(z: torch.Tensor) -> LatentStats:
+    """z [N,D] -> per-dim std (mean, min) and effective rank exp(H(singular values / sum)) of centred z."""
+    z = z.detach().float().reshape(-1, z.shape[-1])
+    zc = z - z.mean(0)
+    std = zc.std(0)
+    s = torch.linalg.svdvals(zc)
+    total = s.sum()
+    if total <= 1e-8 * max(1.0, z.abs().max().item()):
+        erank = 0.0
+    else:
+        p = s / total
+        erank = math.exp(-(p * torch.log(p.clamp_min(1e-12))).sum().item())
+    return LatentStats(float(std.mean()), float(std.min()), erank)
+
+
+class CollapseError(RuntimeError):
+    """Training stopped because the representation collapsed; no checkpoint was written."""
+
+
+@dataclass
+class CollapseMonitor:
+    """Raises CollapseError when effective rank or mean std stay below their floors for `patience` checks."""
+
+    rank_floor: float = 2.0
+    """Effective rank below this counts as collapsed."""
+    std_floor: float = 1e-3
+    """Mean per-dimension std below this counts as collapsed."""
+    patience: int = 50
+    """Consecutive collapsed checks before stopping."""
+    bad: int = field(default=0, init=False)
+
+    def update(self, stats: LatentStats, step: int) -> None:
+        collapsed = stats.effective_rank < self.rank_floor or stats.std_mean < self.std_floor
+        self.bad = self.bad + 1 if collapsed else 0
+        if self.bad >= self.patience:
+            raise CollapseError(
+                f"representation collapsed at step {step}: effective rank {stats.effective_rank:.2f} "
+                f"(floor {self.rank_floor}), mean latent std {stats.std_mean:.2e} (floor {self.std_floor}) "
+                f"for {self.bad} consecutive checks. No checkpoint written. Raise the anti-collapse weight "
+                f"(--objective.var-weight / --objective.sigreg-weight), use --objective.regularizer vicreg, "
+                f"or lower the learning rate."
+            )
+
+
+def jepa_loss(
+    out: dict[str, torch.Tensor],
+    obj: ObjectiveConfig,
+    history_len: int,
+    generator: torch.Generator,
+    target_z: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts from WorldModel.forward output; target_z [B,T,D] is the EMA target if used."""
+    z, tf, roll = out["z"], out["tf"].float(), out["roll"].float()
+    k, r = history_len, roll.shape[1]
+    target = (target_z if target_z is not None else z).float()
+    pred = F.mse_loss(tf, target[:, k:])
+    rollout = F.mse_loss(roll, target[:, k : k + r])
+    total = pred + obj.rollout_weight * rollout
+    parts = {"pred": pred.item(), "rollout": rollout.item()}
+    flat = z.reshape(-1, z.shape[-1])
+    if obj.regularizer == "vicreg":
+        var, cov = vicreg_terms(flat)
+        total = total + obj.var_weight * var + obj.cov_weight * cov
+        parts.update(var=var.item(), cov=cov.item())
+    elif obj.regularizer == "sigreg":
+        sig = sigreg(flat, obj.sigreg_projections, generator)
+        total = total + obj.sigreg_weight * sig
+        parts["sigreg"] = sig.item()
+    if obj.temporal_weight > 0:
+        temp = temporal_ordering(z, obj.temporal_span, obj.temporal_margin)
+        total = total + obj.temporal_weight * temp
+        parts["temporal"] = temp.item()
+    parts["loss"] = total.item()
+    return total, parts

@@ -1,0 +1,137 @@
+"""World model: shapes, rollout == repeated predict, objective terms, collapse watch."""
+
+import pytest
+import torch
+
+from planner.world_model import (
+    CollapseError,
+    CollapseMonitor,
+    ObjectiveConfig,
+    WorldModel,
+    WorldModelConfig,
+    jepa_loss,
+    latent_stats,
+    sigreg,
+    temporal_ordering,
+    vicreg_terms,
+)
+
+SMALL = dict(image_size=32, latent_dim=16, history_len=2, enc_channels=(8, 16, 16), pred_hidden=32)
+
+
+def small_model(**kw) -> WorldModel:
+    torch.manual_seed(0)
+    return WorldModel(WorldModelConfig(**{**SMALL, **kw}))
+
+
+def test_shapes():
+    m = small_model()
+    z = m.encode(torch.rand(5, 3, 32, 32) * 2 - 1)
+    assert z.shape == (5, 16)
+    assert m.predict(torch.randn(5, 2, 16), torch.randn(5, 2, 4)).shape == (5, 16)
+    out = m.rollout(torch.randn(3, 2, 16), torch.randn(3, 1, 4), torch.randn(3, 7, 6, 4))
+    assert out.shape == (3, 7, 6, 16)
+
+
+def test_rollout_matches_repeated_predict():
+    m = small_model(history_len=3).eval()
+    z_hist, a_prev, actions = torch.randn(2, 3, 16), torch.randn(2, 2, 4), torch.randn(2, 4, 5, 4)
+    out = m.rollout(z_hist, a_prev, actions)
+    for b in range(2):
+        for s in range(4):
+            zs, acts = z_hist[b : b + 1], a_prev[b : b + 1]
+            for h in range(5):
+                acts = torch.cat([acts, actions[b : b + 1, s, h : h + 1]], 1)[:, -3:]
+                zn = m.predict(zs, acts)
+                torch.testing.assert_close(out[b, s, h], zn[0], rtol=1e-5, atol=1e-5)
+                zs = torch.cat([zs[:, 1:], zn[:, None]], 1)
+                acts = acts[:, 1:]
+
+
+def test_bad_inputs_raise_clear_errors():
+    m = small_model()
+    with pytest.raises(ValueError, match="encode expects images"):
+        m.encode(torch.rand(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="rollout expects"):
+        m.rollout(torch.randn(1, 3, 16), torch.randn(1, 1, 4), torch.randn(1, 2, 3, 4))
+    with pytest.raises(ValueError, match="divisible"):
+        WorldModelConfig(image_size=60, enc_channels=(8, 8, 8))
+    with pytest.raises(ValueError, match="regularizer"):
+        ObjectiveConfig(regularizer="barlow")
+
+
+def test_forward_teacher_forcing_and_rollout_consistent():
+    m = small_model()
+    imgs, acts = torch.rand(2, 7, 3, 32, 32) * 2 - 1, torch.randn(2, 6, 4)
+    out = m(imgs, acts, rollout_steps=3)
+    assert out["z"].shape == (2, 7, 16) and out["tf"].shape == (2, 5, 16) and out["roll"].shape == (2, 3, 16)
+    # first open-loop step equals the first teacher-forced step; later ones differ
+    torch.testing.assert_close(out["roll"][:, 0], out["tf"][:, 0])
+    torch.testing.assert_close(out["tf"][:, 2], m.predict(out["z"][:, 2:4], acts[:, 2:4]))
+
+
+def test_anti_collapse_terms_detect_collapse():
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(512, 16, generator=g)
+    const = torch.zeros(512, 16)
+    var_g, cov_g = vicreg_terms(gauss)
+    var_c, _ = vicreg_terms(const)
+    assert var_g < 0.05 and cov_g < 0.2 and var_c > 0.9
+    assert sigreg(gauss, 32, torch.Generator().manual_seed(1)) < 0.02
+    assert sigreg(const, 32, torch.Generator().manual_seed(1)) > 0.3
+
+
+def test_temporal_ordering_prefers_monotone_distances():
+    t = torch.arange(9.0)
+    line = torch.stack([t, torch.zeros(9)], -1)[None]  # distance grows with offset
+    circle = torch.stack([torch.cos(t * 1.2), torch.sin(t * 1.2)], -1)[None]  # distance comes back
+    assert temporal_ordering(line, 8, 0.0) == 0
+    assert temporal_ordering(circle, 8, 0.0) > 0.05
+
+
+def test_loss_backward_and_ema_target():
+    m = small_model()
+    imgs, acts = torch.rand(4, 9, 3, 32, 32) * 2 - 1, torch.randn(4, 8, 4)
+    for reg in ("vicreg", "sigreg"):
+        obj = ObjectiveConfig(regularizer=reg, rollout_steps=3, temporal_span=8)
+        loss, parts = jepa_loss(m(imgs, acts, 3), obj, 2, torch.Generator().manual_seed(0))
+        loss.backward()
+        assert torch.isfinite(loss) and {"pred", "rollout", "temporal"} <= parts.keys()
+        assert all(p.grad is not None for p in m.parameters())
+        m.zero_grad()
+    obj = ObjectiveConfig(regularizer="none", ema_target=True, temporal_weight=0.0, rollout_steps=3)
+    out = m(imgs, acts, 3)
+    with torch.no_grad():
+        target = m.encoder(imgs.flatten(0, 1)).view(4, 9, -1) + 1.0
+    loss, parts = jepa_loss(out, obj, 2, torch.Generator(), target_z=target)
+    assert parts["pred"] > 0.5  # regresses onto the (shifted) target, not the online latents
+
+
+def test_collapse_monitor_fires_on_collapsed_batch_only():
+    mon = CollapseMonitor(rank_floor=2.0, patience=3)
+    healthy = latent_stats(torch.randn(256, 16))
+    assert healthy.effective_rank > 10
+    for step in range(10):
+        mon.update(healthy, step)
+    collapsed = latent_stats(torch.ones(256, 16) * 3.0 + 1e-9 * torch.randn(256, 16))
+    assert collapsed.std_mean < 1e-6
+    mon.update(collapsed, 10)
+    mon.update(collapsed, 11)
+    with pytest.raises(CollapseError, match="collapsed at step 12"):
+        mon.update(collapsed, 12)
+    # rank-1 latents (all on a line) are collapsed too
+    line = torch.randn(256, 1) * torch.ones(1, 16)
+    assert latent_stats(line).effective_rank < 1.5
+
+
+def test_constant_encoder_collapses_loss_free():
+    """A constant encoder is a zero-prediction-loss solution: exactly what the monitor must catch."""
+    m = small_model()
+    torch.nn.init.zeros_(m.encoder.head.weight)
+    torch.nn.init.zeros_(m.encoder.head.bias)
+    out = m(torch.rand(4, 6, 3, 32, 32), torch.randn(4, 5, 4), 3)
+    stats = latent_stats(out["z"])
+    assert stats.effective_rank == 0.0
+    mon = CollapseMonitor(patience=1)
+    with pytest.raises(CollapseError):
+        mon.update(stats, 0)
