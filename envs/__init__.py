@@ -1,0 +1,58 @@
+"""MuJoCo arm tasks with a gymnasium API (never imports torch).
+
+`make_env(env_id, **kwargs)` builds ArmReach-v0 / ArmPush-v0 / ArmPickPlace-v0 or adapts a third-party
+gymnasium MuJoCo env given as `gym:<id>` or `gym:module:Id`. Importing this package registers our ids
+with gymnasium, so `gymnasium.make("ArmReach-v0")` works too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium  # noqa: E402
+
+_ENTRY_POINTS = {
+    "ArmReach-v0": "envs.reach:ArmReachEnv",
+    "ArmPush-v0": "envs.push:ArmPushEnv",
+    "ArmPickPlace-v0": "envs.pick_place:ArmPickPlaceEnv",
+}
+
+
+def known_env_ids() -> list[str]:
+    """Our task ids (third-party envs are reachable as `gym:<id>`)."""
+    return list(_ENTRY_POINTS)
+
+
+def _env_class(env_id: str):
+    module, name = _ENTRY_POINTS[env_id].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_env(env_id: str, **kwargs) -> gymnasium.Env:
+    """Build an env by id; kwargs: image_size (64), camera ("workspace"|"wrist"), render_goal (True),
+    camera_offset ((0, 0, 0) metres, shifts the workspace camera)."""
+    if not isinstance(env_id, str):
+        raise ValueError(f"env id must be a string, got {env_id!r}")
+    if env_id.startswith("gym:"):
+        from envs.gym_adapter import make_gym_env
+
+        return make_gym_env(env_id, **kwargs)
+    if env_id not in _ENTRY_POINTS:
+        raise ValueError(
+            f"unknown env id {env_id!r}; known ids: {', '.join(known_env_ids())} "
+            "(or gym:<id> / gym:module:Id for a gymnasium MuJoCo env)"
+        )
+    from envs.arm import KWARGS
+
+    unknown = sorted(set(kwargs) - set(KWARGS))
+    if unknown:
+        raise ValueError(f"{env_id}: unknown kwargs {unknown}; accepted: {', '.join(KWARGS)}")
+    return _env_class(env_id)(**kwargs)
+
+
+for _id, _entry in _ENTRY_POINTS.items():
+    if _id not in gymnasium.registry:
+        gymnasium.register(id=_id, entry_point=_entry)

@@ -1,0 +1,302 @@
+"""The shared tabletop arm: model loading, differential-IK controller, cameras, snapshots, goal rendering.
+
+`ArmEnv` is the base class of the three tasks. A task subclass supplies `task` (TaskSpec),
+`_sample_episode(rng)` (puts the start state into `self.data` and returns the goal physics state),
+`task_state()` and `scripted_action()`.
+
+Control (one `step`, 10 Hz): normalized action a = (dx, dy, dz, gripper) in [-1, 1]^4.
+(dx, dy, dz) * MAX_STEP_M moves the commanded end-effector position (world frame, metres), clamped to the
+workspace box; damped-least-squares IK (one Jacobian per control step, `mj_jacSite`) turns it into joint
+position targets that also keep the hand pointing straight down. gripper: -1 fully open, +1 closed.
+The commanded joint targets live in `data.ctrl`, so they are part of the snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from importlib import resources  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from envs.task import TaskSpec  # noqa: E402
+
+MAX_STEP_M = 0.025
+"""End-effector displacement of one unit of normalized action per control step, metres."""
+N_SUBSTEPS = 20
+"""Physics steps (0.005 s each) per control step: 0.1 s, i.e. 10 Hz control."""
+WORKSPACE_LOW = np.array([0.18, -0.25, 0.02])
+WORKSPACE_HIGH = np.array([0.58, 0.25, 0.35])
+"""Box (world frame, metres) that clamps the commanded end-effector position."""
+MAX_LAG_M = 0.04
+"""The command never runs further than this ahead of the actual end effector (no wind-up on contact)."""
+FINGER_OPEN = 0.04
+"""Finger joint travel: each finger's inner face is this far from the centre when fully open."""
+HOME_EE = np.array([0.30, 0.0, 0.25])
+"""Rest position of the end effector used as IK seed."""
+HOME_Q = np.array([0.0, 0.2, 1.9, 1.04])
+ARM_JOINTS = ("yaw", "shoulder", "elbow", "wrist")
+DOWN = np.array([0.0, 0.0, -1.0])
+_ROT_WEIGHT = 0.2  # metres per radian: weight of the hand-pointing-down row in the IK
+_DAMPING = 0.02  # DLS damping lambda
+KWARGS = ("image_size", "camera", "render_goal", "camera_offset", "render_mode")
+CAMERAS = ("workspace", "wrist")
+
+
+def snapshot_spec() -> int:
+    """mj_getState signature: full physics + controls (commanded joint targets) + solver warm start.
+
+    The controls and warm start make a restored state reproduce the next `step` bit for bit.
+    mujoco 3.x and 4.x name the enum members alike; older bindings exposed them at module level.
+    """
+    enum = getattr(mujoco, "mjtState", mujoco)
+    return int(enum.mjSTATE_FULLPHYSICS) | int(enum.mjSTATE_CTRL) | int(enum.mjSTATE_WARMSTART)
+
+
+def load_model(with_block: bool, camera_offset=(0.0, 0.0, 0.0)) -> mujoco.MjModel:
+    """Compile envs/assets/arm.xml; drop the block body when the task has none; shift the workspace camera."""
+    path = resources.files("envs") / "assets" / "arm.xml"
+    spec = mujoco.MjSpec.from_file(str(path))
+    if not with_block:
+        spec.delete(spec.body("block"))
+    cam = spec.camera("workspace")
+    cam.pos = np.asarray(cam.pos) + np.asarray(camera_offset, dtype=float)
+    return spec.compile()
+
+
+class ArmEnv(gym.Env):
+    """Base class of the arm tasks (gymnasium API plus the members of docs/ARCHITECTURE.md "envs")."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    task: TaskSpec
+    has_block: bool = False
+    control_hz = 1.0 / (N_SUBSTEPS * 0.005)
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        camera: str = "workspace",
+        render_goal: bool = True,
+        camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        render_mode: str | None = "rgb_array",
+    ) -> None:
+        if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
+            raise ValueError(f"image_size must be an int (pixels), got {image_size!r}")
+        if not 8 <= image_size <= 640:
+            raise ValueError(f"image_size must be between 8 and 640 pixels, got {image_size}")
+        if camera not in CAMERAS:
+            raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
+        if not isinstance(render_goal, bool):
+            raise ValueError(f"render_goal must be True or False, got {render_goal!r}")
+        offset = np.asarray(camera_offset, dtype=float)
+        if offset.shape != (3,) or not np.all(np.isfinite(offset)) or np.abs(offset).max() > 0.1:
+            raise ValueError(f"camera_offset must be 3 finite metres, each within 0.1, got {camera_offset!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be 'rgb_array' (or None), got {render_mode!r}")
+        self.image_size = int(image_size)
+        self.camera = camera
+        self.render_goal = render_goal
+        self.render_mode = "rgb_array"
+        self.model = load_model(self.has_block, offset)
+        self.data = mujoco.MjData(self.model)
+        self._ik_data = mujoco.MjData(self.model)
+        self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        self._site = self.model.site("ee").id
+        self._hand = self.model.body("hand").id
+        self._qadr = np.array([self.model.joint(n).qposadr[0] for n in ARM_JOINTS])
+        self._dadr = np.array([self.model.joint(n).dofadr[0] for n in ARM_JOINTS])
+        self._finger_adr = self.model.joint("finger_left").qposadr[0]
+        self._qlow = self.model.jnt_range[[self.model.joint(n).id for n in ARM_JOINTS], 0].copy()
+        self._qhigh = self.model.jnt_range[[self.model.joint(n).id for n in ARM_JOINTS], 1].copy()
+        self._spec = snapshot_spec()
+        self._state_size = mujoco.mj_stateSize(self.model, self._spec)
+        self._jacp = np.zeros((3, self.model.nv))
+        self._jacr = np.zeros((3, self.model.nv))
+
+        n_proprio = 4 + len(ARM_JOINTS)
+        self.observation_space = gym.spaces.Dict(
+            image=gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8),
+            proprio=gym.spaces.Box(-np.inf, np.inf, (n_proprio,), np.float32),
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+        self.action_spec = dict(
+            low=[-MAX_STEP_M] * 3 + [-1.0],
+            high=[MAX_STEP_M] * 3 + [1.0],
+            units="m,m,m,gripper(-1 open,+1 closed)",
+            frame="world: x forward from the arm base, y left, z up (table top z=0); per 0.1 s control step",
+        )
+        self.goal_task_state = np.zeros(3)
+        self.goal_proprio = np.zeros(n_proprio, np.float32)
+        self._goal_state: np.ndarray | None = None
+        self._steps = 0
+
+    # ----- task hooks -------------------------------------------------------------------------------
+    def _sample_episode(self, rng: np.random.Generator) -> np.ndarray:
+        """Set `self.data` to a start state; return the goal's physics snapshot."""
+        raise NotImplementedError
+
+    def task_state(self) -> np.ndarray:
+        """What the task measures, float64[3] (metres, world frame)."""
+        raise NotImplementedError
+
+    def scripted_action(self) -> np.ndarray:
+        """Privileged expert action toward the goal, float32[4] normalized."""
+        raise NotImplementedError
+
+    # ----- gymnasium API ------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self._goal_state = self._sample_episode(self.np_random)
+        self._steps = 0
+        start = self.get_snapshot()
+        self.set_snapshot(self._goal_state)
+        self.goal_task_state = self.task_state().copy()
+        self.goal_proprio = self._proprio()
+        goal_image = self.render() if self.render_goal else None
+        self.set_snapshot(start)
+        dist = self.distance()
+        info = dict(
+            goal_image=goal_image,
+            goal_proprio=self.goal_proprio.copy(),
+            goal_task_state=self.goal_task_state.copy(),
+            distance=dist,
+            is_success=self.task.is_success(dist),
+        )
+        return self._obs(), info
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (4,):
+            raise ValueError(f"action must have shape (4,) = (dx, dy, dz, gripper), got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be finite, got {a.tolist()}")
+        if self._goal_state is None:
+            raise RuntimeError("call reset() before step()")
+        self._apply_action(np.clip(a, -1.0, 1.0))
+        for _ in range(N_SUBSTEPS):
+            mujoco.mj_step(self.model, self.data)
+        mujoco.mj_forward(self.model, self.data)
+        self._steps += 1
+        dist = self.distance()
+        info = dict(distance=dist, is_success=self.task.is_success(dist), task_state=self.task_state().copy())
+        truncated = self._steps >= self.task.step_budget
+        return self._obs(), -dist, False, truncated, info
+
+    def render(self) -> np.ndarray:
+        """RGB uint8 [image_size, image_size, 3] from the chosen camera."""
+        self._renderer.update_scene(self.data, camera=self.camera)
+        return self._renderer.render().copy()
+
+    def close(self) -> None:
+        self._renderer.close()
+
+    # ----- members of docs/ARCHITECTURE.md ------------------------------------------------------------
+    @property
+    def task_spec(self) -> TaskSpec:
+        return self.task
+
+    def distance(self) -> float:
+        return float(np.linalg.norm(self.task_state() - self.goal_task_state))
+
+    def get_snapshot(self) -> np.ndarray:
+        """float64[S]: full physics state + commanded targets + warm start (see `snapshot_spec`)."""
+        s = np.empty(self._state_size)
+        mujoco.mj_getState(self.model, self.data, s, self._spec)
+        return s
+
+    def set_snapshot(self, snapshot: np.ndarray) -> None:
+        s = np.asarray(snapshot, dtype=np.float64)
+        if s.shape != (self._state_size,):
+            raise ValueError(
+                f"snapshot must have shape ({self._state_size},) for {self.task.name}, got {s.shape}"
+            )
+        if not np.all(np.isfinite(s)):
+            raise ValueError("snapshot contains NaN or inf")
+        mujoco.mj_setState(self.model, self.data, s, self._spec)
+        mujoco.mj_forward(self.model, self.data)
+
+    def ee_position(self) -> np.ndarray:
+        return self.data.site_xpos[self._site].copy()
+
+    def gripper_opening(self) -> float:
+        """Distance between the fingers' inner faces, metres."""
+        return float(2.0 * self.data.qpos[self._finger_adr])
+
+    # ----- controller -------------------------------------------------------------------------------
+    def _jacobian(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
+        """Position and hand-axis-stacked Jacobian [6,4] over the arm joints, and the pointing error [3]."""
+        mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self._site)
+        axis = data.site_xmat[self._site].reshape(3, 3)[:, 2]
+        jac = np.vstack([self._jacp[:, self._dadr], _ROT_WEIGHT * self._jacr[:, self._dadr]])
+        return jac, np.cross(axis, DOWN)
+
+    @staticmethod
+    def _dls(jac: np.ndarray, err: np.ndarray) -> np.ndarray:
+        jjt = jac @ jac.T + _DAMPING**2 * np.eye(jac.shape[0])
+        return jac.T @ np.linalg.solve(jjt, err)
+
+    def _apply_action(self, a: np.ndarray) -> None:
+        """Normalized action [4] -> data.ctrl (joint targets + finger target); one Jacobian."""
+        q = self.data.qpos[self._qadr]
+        q_cmd = self.data.ctrl[:4]
+        x = self.data.site_xpos[self._site]
+        jac, rot_err = self._jacobian(self.data)
+        x_cmd = x + jac[:3] @ (q_cmd - q)
+        target = np.clip(x_cmd + MAX_STEP_M * a[:3], WORKSPACE_LOW, WORKSPACE_HIGH)
+        lead = target - x
+        n = np.linalg.norm(lead)
+        if n > MAX_LAG_M:
+            target = x + lead * (MAX_LAG_M / n)
+        dq = self._dls(jac, np.concatenate([target - x, _ROT_WEIGHT * rot_err]))
+        self.data.ctrl[:4] = np.clip(q + dq, self._qlow, self._qhigh)
+        self.data.ctrl[4] = FINGER_OPEN * (1.0 - a[3]) / 2.0
+
+    def solve_ik(self, target: np.ndarray, q_init: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Kinematic IK (hand down) for an end-effector position; returns (joint angles [4], error metres)."""
+        d = self._ik_data
+        d.qpos[:] = self.data.qpos
+        q = (HOME_Q if q_init is None else np.asarray(q_init)).astype(float).copy()
+        err = np.inf
+        for _ in range(200):
+            d.qpos[self._qadr] = q
+            mujoco.mj_kinematics(self.model, d)
+            mujoco.mj_comPos(self.model, d)
+            jac, rot_err = self._jacobian(d)
+            e = np.concatenate([target - d.site_xpos[self._site], _ROT_WEIGHT * rot_err])
+            err = float(np.linalg.norm(e))
+            if err < 1e-5:
+                break
+            q = np.clip(q + self._dls(jac, e), self._qlow, self._qhigh)
+        return q, float(np.linalg.norm(target - d.site_xpos[self._site]))
+
+    def _place_arm(self, ee: np.ndarray, gripper: float = -1.0, q_init=None) -> None:
+        """Put the arm at rest with the end effector at `ee` (kinematic IK); raises if unreachable."""
+        q, err = self.solve_ik(ee, q_init)
+        if err > 2e-3:
+            raise RuntimeError(f"IK could not reach {ee.round(3).tolist()} (error {err * 1e3:.1f} mm)")
+        finger = FINGER_OPEN * (1.0 - gripper) / 2.0
+        self.data.qpos[self._qadr] = q
+        self.data.qvel[:] = 0.0
+        self.data.ctrl[:4] = q
+        self.data.ctrl[4] = finger
+        self.data.qpos[self._finger_adr] = finger
+        self.data.qpos[self.model.joint("finger_right").qposadr[0]] = finger
+
+    # ----- observations -------------------------------------------------------------------------------
+    def _proprio(self) -> np.ndarray:
+        """float32[8]: ee position (3, m), gripper opening (1, m), joint angles (4, rad)."""
+        return np.concatenate(
+            [self.ee_position(), [self.gripper_opening()], self.data.qpos[self._qadr]]
+        ).astype(np.float32)
+
+    def _obs(self) -> dict:
+        return dict(image=self.render(), proprio=self._proprio())
+
+
+def sample_in_box(rng: np.random.Generator, low, high) -> np.ndarray:
+    return rng.uniform(np.asarray(low, float), np.asarray(high, float))

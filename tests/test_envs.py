@@ -1,0 +1,164 @@
+"""Our arm tasks: gymnasium conformity, determinism, snapshots, scripted experts, input validation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+
+IDS = ["ArmReach-v0"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rollout(env_id: str, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images [steps+1,H,W,3], proprio [steps+1,P] and the final snapshot for seeded random actions."""
+    env = envs.make_env(env_id)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    images, proprio = [obs["image"]], [obs["proprio"]]
+    for _ in range(steps):
+        obs, *_ = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+        images.append(obs["image"])
+        proprio.append(obs["proprio"])
+    return np.stack(images), np.stack(proprio), env.unwrapped.get_snapshot()
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_check_env(env_id):
+    check_env(envs.make_env(env_id), skip_render_check=False)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_reset_info_and_spaces(env_id):
+    env = envs.make_env(env_id)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert info["goal_image"].shape == (64, 64, 3) and info["goal_image"].dtype == np.uint8
+    assert info["goal_proprio"].shape == obs["proprio"].shape
+    assert info["distance"] >= env.task.min_start_distance
+    assert not info["is_success"]
+    assert not np.array_equal(info["goal_image"], obs["image"])
+    assert env.task.name == env_id and env.control_hz == pytest.approx(10.0)
+    assert len(env.action_spec["low"]) == 4 == len(env.action_spec["high"])
+    obs, reward, terminated, truncated, info = env.step(np.zeros(4, np.float32))
+    assert set(info) >= {"distance", "is_success", "task_state"} and not terminated and not truncated
+    assert reward == pytest.approx(-info["distance"])
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_determinism_same_process(env_id):
+    a, b = _rollout(env_id, 7, 5), _rollout(env_id, 7, 5)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    c = _rollout(env_id, 8, 5)
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_determinism_across_processes():
+    code = (
+        "import numpy as np, sys; sys.path.insert(0, '.'); from tests.test_envs import _rollout; "
+        "imgs, prop, snap = _rollout('ArmReach-v0', 3, 4); "
+        "sys.stdout.write(str(int(imgs.astype(np.int64).sum())) + ' ' + prop.tobytes().hex()[:64] + ' ' "
+        "+ snap.tobytes().hex())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    imgs, prop, snap = _rollout("ArmReach-v0", 3, 4)
+    expected = f"{int(imgs.astype(np.int64).sum())} {prop.tobytes().hex()[:64]} {snap.tobytes().hex()}"
+    assert out.stdout == expected
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_snapshot_restore_reproduces_image_and_future(env_id):
+    env = envs.make_env(env_id)
+    env.reset(seed=1)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+    snap, image = env.get_snapshot(), env.render()
+    actions = rng.uniform(-1, 1, (3, 4)).astype(np.float32)
+    first = [env.step(a)[0]["image"] for a in actions]
+    env.set_snapshot(snap)
+    np.testing.assert_array_equal(env.render(), image)
+    second = [env.step(a)[0]["image"] for a in actions]
+    for x, y in zip(first, second, strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="snapshot must have shape"):
+        env.set_snapshot(snap[:-1])
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_scripted_reaches_goal(env_id):
+    env = envs.make_env(env_id, render_goal=False)
+    for seed in range(3):
+        env.reset(seed=100 + seed)
+        for _ in range(env.task.step_budget):
+            *_, info = env.step(env.scripted_action())
+            if info["is_success"]:
+                break
+        assert info["is_success"], f"seed {100 + seed}: final distance {info['distance']:.3f} m"
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_random_actions_rarely_succeed(env_id):
+    env = envs.make_env(env_id, render_goal=False)
+    successes = 0
+    for seed in range(6):
+        env.reset(seed=200 + seed)
+        rng = np.random.default_rng(seed)
+        for _ in range(env.task.step_budget):
+            *_, info = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+        successes += info["is_success"]
+    assert successes <= 1
+
+
+def test_unknown_id_lists_known_ones():
+    with pytest.raises(ValueError, match="ArmReach-v0.*ArmPush-v0.*ArmPickPlace-v0"):
+        envs.make_env("ArmDance-v0")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(image_size=3), "image_size must be between"),
+        (dict(image_size="64"), "image_size must be an int"),
+        (dict(camera="top"), "camera must be one of"),
+        (dict(render_goal="yes"), "render_goal must be True or False"),
+        (dict(imagesize=64), "unknown kwargs.*accepted"),
+        (dict(camera_offset=(0, 0)), "camera_offset must be 3"),
+    ],
+)
+def test_bad_kwargs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        envs.make_env("ArmReach-v0", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "action, match",
+    [(np.zeros(3), r"shape \(4,\)"), (np.zeros((1, 4)), r"shape \(4,\)"), ([0, np.nan, 0, 0], "finite")],
+)
+def test_bad_actions(action, match):
+    env = envs.make_env("ArmReach-v0", render_goal=False)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=match):
+        env.step(action)
+
+
+def test_wrist_camera_and_size():
+    env = envs.make_env("ArmReach-v0", camera="wrist", image_size=32)
+    obs, info = env.reset(seed=0)
+    assert obs["image"].shape == (32, 32, 3) == info["goal_image"].shape
+    assert obs["image"].std() > 5  # not a blank frame
+
+
+def test_gymnasium_make_registered():
+    import gymnasium
+
+    env = gymnasium.make("ArmReach-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (64, 64, 3)
