@@ -1,0 +1,115 @@
+"""What the service needs from a model: the `Backend` protocol and the problem/result records it trades.
+
+The worker thread is the only caller of a backend, so a backend owns its device without locks.
+The real backend (`server.agent_backend.AgentBackend`) wires planner.checkpoint + planner.mpc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from planner.preprocess import Preprocessing
+
+
+@dataclass(frozen=True)
+class PlannerParams:
+    """Solver settings of one request (all problems of one batch share them)."""
+
+    solver: str
+    horizon: int
+    samples: int
+    iterations: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What clients must know about the served model (GET /v1/models)."""
+
+    name: str
+    preprocessing: Preprocessing
+    action_low: np.ndarray
+    """float32 [A], native units."""
+    action_high: np.ndarray
+    """float32 [A], native units."""
+    action_units: str
+    action_frame: str
+    history_len: int
+    """K: frames the predictor conditions on (current one included)."""
+    proprio_dim: int | None
+    latent_dim: int
+    default_planner: PlannerParams
+    solvers: tuple[str, ...]
+    goal_energy_threshold: float | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.size
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.action_low.shape[0])
+
+
+@dataclass
+class PlanProblem:
+    """One robot's planning problem, already validated and in the model's image size."""
+
+    frames: np.ndarray
+    """uint8 [K,H,W,3]: oldest first, current observation last (padded to K by repeating the oldest)."""
+    prev_actions: np.ndarray
+    """float32 [K-1,A] native units: the action taken after each of frames[:-1]."""
+    goal_latent: np.ndarray | None
+    """float32 [D] when the goal came from the cache, else None and goal_image is set."""
+    goal_image: np.ndarray | None
+    """uint8 [H,W,3] when the goal latent is still to be computed."""
+    goal_proprio: np.ndarray | None
+    seed: int
+    warm_start: dict[str, Any] | None = None
+    """The `state` of a warm start the server returned earlier (already checked to fit model and solver)."""
+    executed_steps: int = 0
+
+
+@dataclass
+class PlanOutcome:
+    """One problem's answer."""
+
+    actions: np.ndarray
+    """float32 [H,A] native units (the server clips them afterwards)."""
+    energy: float
+    goal_reached: bool
+    goal_latent: np.ndarray
+    """float32 [D]: the goal latent used (cached by the server)."""
+    warm_start: dict[str, Any]
+    """JSON-able state for the next call."""
+    ood_score: float | None = None
+
+
+class Backend(Protocol):
+    """A loaded model behind the worker; every method is called from the worker thread only."""
+
+    spec: ModelSpec
+
+    def warmup(self) -> None:
+        """Run each code path once (compile kernels, allocate) so the first request is not slow."""
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [B,H,W,3] -> float32 [B,D]."""
+
+    def encode_goals(self, images: np.ndarray, proprio: list[np.ndarray | None]) -> np.ndarray:
+        """Goal images uint8 [B,H,W,3] (+ optional proprio each) -> goal latents float32 [B,D]."""
+
+    def plan(self, problems: list[PlanProblem], params: PlannerParams) -> list[PlanOutcome]:
+        """Plan all problems in one solver call; each result equals what planning it alone gives."""
+
+    def rollout(
+        self,
+        frames: np.ndarray,
+        prev_actions: np.ndarray,
+        actions: np.ndarray,
+        goal_latent: np.ndarray | None,
+    ) -> dict[str, list[float] | None]:
+        """Imagine `actions` float32 [T,A] (native) from the observation: per-step `energies` (when a goal
+        latent is given, else None), `latent_norms` and `latent_change` (distance to the current latent)."""

@@ -1,0 +1,171 @@
+"""Request and response bodies of HTTP API v1 (DESIGN.md section 3). Floats must be finite (else 422)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+IMAGE_DOC = "base64 PNG or JPEG, RGB, the model's image size (or any size with resize=true)"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class HistoryItem(Strict):
+    image: str = Field(description=IMAGE_DOC)
+    proprio: list[float] | None = None
+    action: list[float] = Field(description="Native action executed after this frame (A values).")
+
+
+class Observation(Strict):
+    image: str = Field(description=IMAGE_DOC)
+    proprio: list[float] | None = Field(
+        None, description="Proprioception (P values); first 3 = end effector."
+    )
+    history: list[HistoryItem] = Field(
+        default_factory=list, description="Earlier frames, oldest first, each with the action taken after it."
+    )
+
+
+class GoalImage(Strict):
+    image: str = Field(description=IMAGE_DOC)
+    proprio: list[float] | None = None
+
+
+class GoalRef(Strict):
+    goal_id: str = Field(description="An id returned by POST /v1/goals.")
+
+
+class PlannerRequest(Strict):
+    solver: str | None = Field(None, description="Solver name (GET /v1/models lists them).")
+    horizon: int | None = Field(None, description="Planning horizon H in steps.")
+    samples: int | None = Field(None, description="Candidate sequences per iteration.")
+    iterations: int | None = Field(None, description="Optimizer iterations.")
+    seed: int | None = Field(
+        None, description="Problem seed: same request + seed = same plan, batched or not."
+    )
+
+
+class WarmStart(Strict):
+    """Returned by the server; send it back unchanged with the next request of the same robot."""
+
+    model: str
+    solver: str
+    horizon: int
+    samples: int
+    action_dim: int
+    state: dict[str, Any]
+
+
+class PlanRequest(Strict):
+    observation: Observation
+    goal: GoalImage | GoalRef
+    planner: PlannerRequest | None = None
+    warm_start: WarmStart | None = None
+    executed_steps: int = Field(
+        0, ge=0, description="Steps of the previous plan executed since it was returned."
+    )
+    resize: bool = Field(False, description="Resize images of another size with the model's preprocessing.")
+    deadline_ms: float | None = Field(
+        None, gt=0, description="Answer 504 if no plan is ready within this time."
+    )
+
+
+class PlanResponse(BaseModel):
+    actions: list[list[float]] = Field(description="H x A actions in native units, clipped to the bounds.")
+    energy: float
+    goal_reached: bool
+    ood_score: float | None = Field(
+        description="One-step prediction error of the history (None without one)."
+    )
+    plan_ms: float = Field(description="Model time of the batch this plan was solved in.")
+    queue_ms: float
+    batch_size: int
+    model: str
+    goal_id: str
+    warm_start: WarmStart
+
+
+class GoalRequest(Strict):
+    image: str = Field(description=IMAGE_DOC)
+    proprio: list[float] | None = None
+    resize: bool = False
+
+
+class GoalResponse(BaseModel):
+    goal_id: str
+    model: str
+
+
+class EmbedRequest(Strict):
+    image: str = Field(description=IMAGE_DOC)
+    resize: bool = False
+
+
+class EmbedResponse(BaseModel):
+    embedding: list[float]
+    model: str
+
+
+class RolloutRequest(Strict):
+    observation: Observation
+    actions: list[list[float]] = Field(description="T x A native actions to imagine.")
+    goal: GoalImage | GoalRef | None = None
+    resize: bool = False
+
+
+class RolloutResponse(BaseModel):
+    energies: list[float] | None = Field(
+        description="Energy to the goal after each step (None without goal)."
+    )
+    latent_norms: list[float]
+    latent_change: list[float] = Field(description="Distance of each imagined latent to the current one.")
+    model: str
+
+
+class SurpriseRequest(Strict):
+    frames: list[str]
+    actions: list[list[float]]
+
+
+class ActionSpace(BaseModel):
+    low: list[float]
+    high: list[float]
+    units: str
+    frame: str
+
+
+class PlannerLimits(BaseModel):
+    solvers: list[str]
+    default_solver: str
+    default_horizon: int
+    default_samples: int
+    default_iterations: int
+    max_horizon: int
+    max_samples: int
+    max_iterations: int
+    max_batch: int
+    max_history: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    image_size: int
+    preprocessing: dict[str, Any]
+    action_space: ActionSpace
+    history_len: int
+    proprio_dim: int | None
+    latent_dim: int
+    goal_energy_threshold: float | None
+    planner_limits: PlannerLimits
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    request_id: str | None = None
