@@ -11,6 +11,7 @@ import sys
 # subcommand -> (module, config class). Modules are imported only for the subcommand that runs.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("planner.collect", "CollectConfig"),
+    "quality": ("planner.quality", "QualityConfig"),
 }
 
 

@@ -19,7 +19,7 @@ The latent distance ("energy") used throughout is the Euclidean norm ||z - z_goa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,7 @@ class EncodedEpisodes:
 
     latents[i] float32 [T_i+1, D]; actions[i] float32 [T_i, A] (normalized); task_states[i] float32
     [T_i+1, K]; goal_latents float32 [N, D] and goal_task_states float32 [N, K] (None when the episodes
-    carry no goal).
+    carry no goal); proprio[i] float32 [T_i+1, P] (None when the episodes carry none).
     """
 
     latents: list[torch.Tensor]
@@ -46,6 +46,7 @@ class EncodedEpisodes:
     task_states: list[np.ndarray]
     goal_latents: torch.Tensor | None = None
     goal_task_states: np.ndarray | None = None
+    proprio: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.latents)
@@ -63,6 +64,8 @@ class EncodedEpisodes:
             if z.shape[0] != a.shape[0] + 1 or s.shape[0] != z.shape[0]:
                 raise ValueError(f"episode {i}: expected T+1 latents and task states for T actions, got "
                                  f"{z.shape[0]} latents, {s.shape[0]} task states, {a.shape[0]} actions")
+        if self.proprio is not None and [len(p) for p in self.proprio] != [len(z) for z in self.latents]:
+            raise ValueError("proprio must have one [T_i+1, P] array per episode, matching the latents")
         if (self.goal_latents is None) != (self.goal_task_states is None):
             raise ValueError("goal_latents and goal_task_states must be given together")
         if self.goal_latents is not None and (len(self.goal_latents) != n or len(self.goal_task_states) != n):
@@ -96,18 +99,21 @@ def encode_images(model, images: np.ndarray, device: str | torch.device = "cpu",
 
 
 @torch.no_grad()
-def encode_episodes(model, episodes: Sequence, device: str | torch.device = "cpu",
+def encode_episodes(model, episodes: Iterable, device: str | torch.device = "cpu",
                     batch_size: int = 256) -> EncodedEpisodes:
-    """Encode every frame (and the goal image, when present) of each episode.
+    """Encode every frame (and the goal image, when present) of each episode; iterates `episodes` once.
 
     An episode needs `images` uint8 [T+1,H,W,3], `actions` [T,A], `task_state` [T+1,K], and optionally
-    `goal_image` uint8 [H,W,3] with `goal_task_state` [K] (planner.store.Episode has all of them).
+    `proprio` [T+1,P] and `goal_image` uint8 [H,W,3] with `goal_task_state` [K] (planner.store.Episode
+    has all of them).
     """
-    latents, actions, task_states, goal_images, goal_states = [], [], [], [], []
+    latents, actions, task_states, proprio, goal_images, goal_states = [], [], [], [], [], []
     for ep in episodes:
         latents.append(encode_images(model, ep.images, device, batch_size))
         actions.append(torch.as_tensor(np.asarray(ep.actions, dtype=np.float32)))
         task_states.append(np.asarray(ep.task_state, dtype=np.float32))
+        if getattr(ep, "proprio", None) is not None:
+            proprio.append(np.asarray(ep.proprio, dtype=np.float32))
         goal_image = getattr(ep, "goal_image", None)
         if goal_image is not None:
             goal_images.append(goal_image)
@@ -119,6 +125,7 @@ def encode_episodes(model, episodes: Sequence, device: str | torch.device = "cpu
         task_states=task_states,
         goal_latents=encode_images(model, np.stack(goal_images), device, batch_size) if has_goals else None,
         goal_task_states=np.stack(goal_states) if has_goals else None,
+        proprio=proprio if len(proprio) == len(latents) and len(latents) > 0 else None,
     )
 
 

@@ -198,3 +198,101 @@ def test_plot_energy_curve_writes_png(tmp_path):
     res = M.energy_rank_correlation(_state_episodes(lambda s: np.tanh(s / 0.05)), n_pairs=500)
     out = M.plot_energy_curve(res, tmp_path / "sub" / "energy.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- integration: real WorldModel, real checkpoint, real store, the CLI ------------------------------------
+
+SIZE, STEPS = 32, 12
+
+
+def _square_episode(index: int):
+    """A 4 px bright square that the actions move: task state = its (x, y) in [0, 1] (and 0)."""
+    from planner.store import Episode
+
+    rng = np.random.default_rng(index)
+    pos = rng.uniform(0.2, 0.8, 2)
+    actions = rng.uniform(-1, 1, (STEPS, 4)).astype(np.float32)
+    states = [pos]
+    for a in actions:
+        states.append(np.clip(states[-1] + 0.06 * a[:2], 0.0, 1.0))
+    goal = rng.uniform(0.2, 0.8, 2)
+
+    def draw(p):
+        img = np.full((SIZE, SIZE, 3), 30, np.uint8)
+        r, c = (p * (SIZE - 4)).astype(int)
+        img[r:r + 4, c:c + 4] = 230
+        return img
+
+    states = np.array(states)
+    return Episode(
+        images=np.stack([draw(p) for p in states]),
+        proprio=np.concatenate([states, np.zeros((STEPS + 1, 1))], 1).astype(np.float32),
+        actions=actions,
+        task_state=np.concatenate([states, np.zeros((STEPS + 1, 1))], 1).astype(np.float32),
+        snapshots=np.zeros((STEPS + 1, 2)),
+        goal_image=draw(goal),
+        goal_task_state=np.array([*goal, 0.0], np.float32),
+        seed=index,
+        index=index,
+    )
+
+
+def test_quality_cli_on_real_model_checkpoint_and_store(tmp_path, capsys):
+    import json
+
+    from planner import checkpoint
+    from planner.cli import main
+    from planner.preprocess import Preprocessing
+    from planner.store import StoreMeta, TrajectoryStore
+    from planner.world_model import WorldModel, WorldModelConfig
+
+    meta = StoreMeta(env_id="ArmReach-v0", env_kwargs={}, preprocessing=Preprocessing(size=SIZE).to_dict(),
+                     action_spec={"dim": 4, "low": [-0.05] * 4, "high": [0.05] * 4, "units": "m",
+                                  "frame": "world"},
+                     proprio_spec={"dim": 3}, task_state_spec={"dim": 3}, snapshot_dim=2, control_hz=10.0,
+                     policy="random", seed=0, steps=STEPS)
+    store = TrajectoryStore.create(tmp_path / "data", meta)
+    for i in range(12):
+        store.write(_square_episode(i))
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(image_size=SIZE, latent_dim=16, history_len=2,
+                                        enc_channels=(8, 16, 16), pred_hidden=32)).eval()
+    checkpoint.save(tmp_path / "ckpt", model, {
+        "image": {"size": SIZE, "preprocessing": {"size": SIZE, "crop": "center"}},
+        "action": {"dim": 4, "low": [-0.05] * 4, "high": [0.05] * 4, "units": "m"},
+        "history_len": 2,
+        "training_data": {"store": str(tmp_path / "data"), "val_episodes": [3, 7, 9, 11]},
+    })
+    out_json, out_png = tmp_path / "q.json", tmp_path / "q.png"
+    main(["quality", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(tmp_path / "data"),
+          "--json", str(out_json), "--plot", str(out_png), "--pairs", "300", "--success-threshold", "0.1",
+          "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "effective rank" in printed and "pred / copy-last" in printed
+    rep = json.loads(out_json.read_text())
+    assert rep["val_episodes"] == [3, 7, 9, 11] and rep["probe_train_episodes"] == 8
+    assert rep["model"].startswith("ckpt@") and rep["env"] == "ArmReach-v0"
+    assert 1.0 < rep["collapse"]["effective_rank"] <= 16
+    # a (seeded) random conv net on a moving bright square carries part of its position linearly;
+    # the constant third task-state dim has no variance: NaN R^2, written as null
+    r2 = rep["probe"]["task_state"]["r2"]
+    assert max(r2[:2]) > 0.3 and r2[2] is None and rep["probe"]["proprio"]["r2"] == r2
+    k = rep["kstep"]
+    assert k["k"] == [1, 2, 3, 4, 5] and k["n_windows"] == 4 * (STEPS - 5)
+    assert all(c > 0 for c in k["copy_last_error"]) and all(r > 0 for r in k["ratio"])
+    assert all(-1 <= v <= 1 for v in rep["energy"]["spearman"].values())
+    assert set(rep["energy"]["spearman"]) == {"within", "across", "all", "goal"}
+    assert "threshold" in rep["goal_threshold"] or "error" in rep["goal_threshold"]
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_split_indices_recorded_count_and_fallback():
+    from planner.quality import split_indices
+
+    idx = list(range(20))
+    assert split_indices(idx, {"training_data": {"val_episodes": [2, 5]}})[1] == [2, 5]
+    assert split_indices(idx, {"training_data": {"val_episodes": 3}})[1] == [17, 18, 19]
+    train, val, source = split_indices(idx, {})
+    assert val == [18, 19] and train == list(range(18)) and "10%" in source
+    with pytest.raises(ValueError, match="store lacks"):
+        split_indices(idx, {"training_data": {"val_episodes": [99]}})
