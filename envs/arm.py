@@ -279,13 +279,26 @@ class ArmEnv(gym.Env):
         q, err = self.solve_ik(ee, q_init)
         if err > 2e-3:
             raise RuntimeError(f"IK could not reach {ee.round(3).tolist()} (error {err * 1e3:.1f} mm)")
-        finger = FINGER_OPEN * (1.0 - gripper) / 2.0
         self.data.qpos[self._qadr] = q
         self.data.qvel[:] = 0.0
         self.data.ctrl[:4] = q
-        self.data.ctrl[4] = finger
-        self.data.qpos[self._finger_adr] = finger
-        self.data.qpos[self.model.joint("finger_right").qposadr[0]] = finger
+        self._set_fingers(FINGER_OPEN * (1.0 - gripper) / 2.0, gripper)
+
+    # ----- the block (tasks with has_block) -------------------------------------------------------------
+    def block_position(self) -> np.ndarray:
+        """Block centre, float64[3] (metres, world frame)."""
+        return self.data.xpos[self.model.body("block").id].copy()
+
+    def _place_block(self, pos: np.ndarray, yaw: float) -> None:
+        adr = self.model.joint("block").qposadr[0]
+        self.data.qpos[adr : adr + 3] = pos
+        self.data.qpos[adr + 3 : adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+
+    def _set_fingers(self, half_opening: float, command: float) -> None:
+        """Finger joints at `half_opening` metres each; gripper command in [-1 open, +1 closed]."""
+        self.data.qpos[self._finger_adr] = half_opening
+        self.data.qpos[self.model.joint("finger_right").qposadr[0]] = half_opening
+        self.data.ctrl[4] = FINGER_OPEN * (1.0 - command) / 2.0
 
     # ----- observations -------------------------------------------------------------------------------
     def _proprio(self) -> np.ndarray:
@@ -300,3 +313,8 @@ class ArmEnv(gym.Env):
 
 def sample_in_box(rng: np.random.Generator, low, high) -> np.ndarray:
     return rng.uniform(np.asarray(low, float), np.asarray(high, float))
+
+
+def move_toward(ee: np.ndarray, target: np.ndarray, gripper: float) -> np.ndarray:
+    """Normalized action float32[4] that moves the end effector toward `target` (one step's worth at most)."""
+    return np.append(np.clip((target - ee) / MAX_STEP_M, -1.0, 1.0), gripper).astype(np.float32)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.arm import MAX_STEP_M, ArmEnv, sample_in_box
+from envs.arm import ArmEnv, move_toward, sample_in_box
 from envs.task import TaskSpec
 
 REACH_LOW = np.array([0.22, -0.20, 0.06])
@@ -33,5 +33,4 @@ class ArmReachEnv(ArmEnv):
         return self.ee_position()
 
     def scripted_action(self) -> np.ndarray:
-        delta = (self.goal_task_state - self.ee_position()) / MAX_STEP_M
-        return np.append(np.clip(delta, -1.0, 1.0), -1.0).astype(np.float32)
+        return move_toward(self.ee_position(), self.goal_task_state, -1.0)

@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 
-IDS = ["ArmReach-v0"]
+IDS = ["ArmReach-v0", "ArmPush-v0", "ArmPickPlace-v0"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -162,3 +162,32 @@ def test_gymnasium_make_registered():
     env = gymnasium.make("ArmReach-v0")
     obs, _ = env.reset(seed=0)
     assert obs["image"].shape == (64, 64, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", IDS)
+def test_scripted_success_rate_at_least_95_percent(env_id):
+    env = envs.make_env(env_id, render_goal=False)
+    successes = 0
+    for seed in range(60):
+        env.reset(seed=5000 + seed)
+        for _ in range(env.task.step_budget):
+            *_, info = env.step(env.scripted_action())
+        successes += info["is_success"]
+    assert successes >= 57, f"{env_id}: scripted success {successes}/60 at the end of the budget"
+
+
+def test_pick_place_goal_holds_block_and_push_goal_rests_behind():
+    from envs.push import PUSH_REST_BEHIND_M
+
+    pick = envs.make_env("ArmPickPlace-v0", render_goal=False)
+    pick.reset(seed=4)
+    pick.set_snapshot(pick._goal_state)
+    assert pick.holding() and pick.task_state()[2] >= 0.08
+    push = envs.make_env("ArmPush-v0", render_goal=False)
+    push.reset(seed=4)
+    start = push.task_state()[:2]
+    push.set_snapshot(push._goal_state)
+    direction = (push.goal_task_state[:2] - start) / np.linalg.norm(push.goal_task_state[:2] - start)
+    rest = push.goal_task_state[:2] - PUSH_REST_BEHIND_M * direction
+    np.testing.assert_allclose(push.ee_position()[:2], rest, atol=2e-3)
