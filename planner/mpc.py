@@ -1,0 +1,305 @@
+"""MPCAgent: wires a loaded world model, an objective and a solver; the same code for eval, demo and server.
+
+Per episode: `z_goal = agent.encode_goal(goal_image)`. Per control step:
+`plan = agent.plan(images [B,K,S,S,3] uint8, prev_actions [B,K-1,A] native, z_goal [B,D], warm_start)`,
+execute `plan.actions[:, 0]` (native units; `plan.actions_normalized[:, 0]` for a gymnasium env), and pass
+`plan.warm_start` back next time with `executed_steps`. Warm starts are plain data (`WarmStart`, JSON-able
+through to_dict/from_dict): the agent holds no per-episode state, so a server using it stays stateless.
+
+goal_reached: the energy ||z_now - z_goal||_2 of the *current* observation is at most the checkpoint's
+calibrated `goal_energy_threshold` (the threshold was calibrated on states, not on imagined latents).
+`Plan.energy` is the energy of the plan's imagined final latent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from planner.objectives import ObjectiveConfig, energy, make_objective
+from planner.preprocess import images_to_model_input
+from planner.solvers import SolverConfig, make_solver, shift_plan, solve, validate_budget, with_budget
+
+DEFAULT_HORIZON = 15
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """Native action bounds: normalized -1 maps to `low`, +1 to `high` (per dimension)."""
+
+    low: np.ndarray
+    high: np.ndarray
+    units: str = ""
+
+    @classmethod
+    def from_config(cls, action: dict) -> ActionSpec:
+        """From a checkpoint config's `action` entry (dim, low, high, units)."""
+        low = np.asarray(action["low"], dtype=np.float32)
+        high = np.asarray(action["high"], dtype=np.float32)
+        if low.shape != high.shape or low.ndim != 1 or not np.all(high > low):
+            raise ValueError(f"action spec needs 1-D low < high of equal length, got low={low}, high={high}")
+        return cls(low=low, high=high, units=str(action.get("units", "")))
+
+    @property
+    def dim(self) -> int:
+        return int(self.low.shape[0])
+
+    def to_native(self, a: np.ndarray) -> np.ndarray:
+        """normalized [..., A] -> native [..., A], clipped to [low, high]."""
+        a = np.clip(np.asarray(a, dtype=np.float32), -1.0, 1.0)
+        return self.low + (a + 1.0) * 0.5 * (self.high - self.low)
+
+    def to_normalized(self, native: np.ndarray) -> np.ndarray:
+        """native [..., A] -> normalized [..., A] in [-1, 1] (clipped to the bounds first)."""
+        native = np.clip(np.asarray(native, dtype=np.float32), self.low, self.high)
+        return (native - self.low) / (self.high - self.low) * 2.0 - 1.0
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The previous plan (normalized actions [H][A]) and what produced it; pass back unchanged."""
+
+    model: str
+    solver: str
+    horizon: int
+    action_dim: int
+    actions: tuple[tuple[float, ...], ...]
+
+    def to_dict(self) -> dict:
+        return dict(
+            model=self.model,
+            solver=self.solver,
+            horizon=self.horizon,
+            action_dim=self.action_dim,
+            actions=[list(r) for r in self.actions],
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WarmStart:
+        """Parse and validate; raises ValueError saying what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"warm_start must be an object as returned by plan, got {type(d).__name__}")
+        missing = [k for k in ("model", "solver", "horizon", "action_dim", "actions") if k not in d]
+        if missing:
+            raise ValueError(f"warm_start lacks {missing}; send back the warm_start a plan returned")
+        try:
+            arr = np.asarray(d["actions"], dtype=np.float64)
+            horizon, action_dim = int(d["horizon"]), int(d["action_dim"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"warm_start is malformed: {e}") from e
+        if arr.shape != (horizon, action_dim):
+            raise ValueError(f"warm_start actions must be {horizon}x{action_dim}, got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)) or np.abs(arr).max(initial=0.0) > 1.0 + 1e-6:
+            raise ValueError("warm_start actions must be finite and within [-1, 1]")
+        return cls(str(d["model"]), str(d["solver"]), horizon, action_dim, tuple(map(tuple, arr.tolist())))
+
+
+@dataclass
+class Plan:
+    """Result of one MPC step for B problems (numpy, on the CPU).
+
+    actions float32[B,H,A] native units (clipped to the action spec); actions_normalized float32[B,H,A];
+    energy float32[B] of the imagined final latent; current_energy float32[B] of the current observation;
+    goal_reached bool[B] (current_energy <= goal_energy_threshold); plan_ms: wall time of this call;
+    warm_start: one WarmStart per problem.
+    """
+
+    actions: np.ndarray
+    actions_normalized: np.ndarray
+    energy: np.ndarray
+    current_energy: np.ndarray
+    goal_reached: np.ndarray
+    plan_ms: float
+    warm_start: list[WarmStart]
+
+
+class MPCAgent:
+    """Plans with a loaded checkpoint (`planner.checkpoint.Loaded`) and a solver; holds no episode state."""
+
+    def __init__(
+        self,
+        loaded,
+        solver: SolverConfig | str = "cem",
+        *,
+        horizon: int = DEFAULT_HORIZON,
+        objective: ObjectiveConfig | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.name: str = loaded.name
+        self.solver = make_solver(solver) if isinstance(solver, str) else solver
+        validate_budget(self.solver.samples, self.solver.iterations, horizon)
+        self.horizon = int(horizon)
+        self.objective = objective or ObjectiveConfig()
+        self.device = torch.device(device)
+        cfg = loaded.config
+        self.action_spec = ActionSpec.from_config(cfg["action"])
+        self.history_len = int(cfg["history_len"])
+        self.image_size = int(cfg["image"]["size"])
+        threshold = cfg.get("goal_energy_threshold")
+        self.goal_energy_threshold = float("nan") if threshold is None else float(threshold)
+
+    def with_planner(
+        self,
+        solver: str | None = None,
+        *,
+        horizon: int | None = None,
+        samples: int | None = None,
+        iterations: int | None = None,
+    ) -> MPCAgent:
+        """A new agent sharing this model, with another solver and/or budget (validated)."""
+        cfg = self.solver if solver is None or solver == self.solver.name else make_solver(solver)
+        cfg = with_budget(cfg, samples=samples, iterations=iterations)
+        other = object.__new__(MPCAgent)
+        other.__dict__.update(self.__dict__)
+        other.solver = cfg
+        other.horizon = self.horizon if horizon is None else int(horizon)
+        validate_budget(cfg.samples, cfg.iterations, other.horizon)
+        return other
+
+    # ------------------------------------------------------------------------------------------ encode
+
+    def _check_images(self, images, shape_hint: str) -> np.ndarray:
+        images = np.asarray(images)
+        s = self.image_size
+        if images.dtype != np.uint8 or images.shape[-3:] != (s, s, 3):
+            raise ValueError(
+                f"images must be {shape_hint} uint8 RGB with S={s} (this checkpoint's image size; "
+                f"preprocess with planner.preprocess.preprocess_image), got {images.dtype} {images.shape}"
+            )
+        return images
+
+    @torch.no_grad()
+    def encode(self, images) -> torch.Tensor:
+        """uint8 [N,S,S,3] -> latents float[N,D] on the agent's device."""
+        images = self._check_images(images, "[N,S,S,3]")
+        if images.ndim != 4:
+            raise ValueError(f"images must be [N,S,S,3], got shape {images.shape}")
+        return self.model.encode(images_to_model_input(images, device=self.device))
+
+    def encode_goal(self, goal_image) -> torch.Tensor:
+        """Goal image uint8 [S,S,3] -> float[D], or a batch [B,S,S,3] -> float[B,D]. Once per episode."""
+        goal_image = self._check_images(goal_image, "[S,S,3] or [B,S,S,3]")
+        if goal_image.ndim == 3:
+            return self.encode(goal_image[None])[0]
+        return self.encode(goal_image)
+
+    # -------------------------------------------------------------------------------------------- plan
+
+    def plan(
+        self,
+        images,
+        prev_actions,
+        goal_latents: torch.Tensor,
+        warm_start: Sequence[WarmStart | None] | None = None,
+        *,
+        executed_steps: int = 1,
+        seed: int = 0,
+    ) -> Plan:
+        """One MPC step for B problems.
+
+        images uint8 [B,K,S,S,3] (oldest first, K = history_len); prev_actions [B,K-1,A] native units
+        (the actions taken between those frames); goal_latents float[B,D] from `encode_goal`;
+        warm_start: None or one WarmStart|None per problem, shifted here by `executed_steps`.
+        """
+        t0 = time.perf_counter()
+        k, a_dim = self.history_len, self.action_spec.dim
+        images = self._check_images(images, f"[B,{k},S,S,3]")
+        if images.ndim != 5 or images.shape[1] != k:
+            raise ValueError(f"images must be [B,{k},S,S,3] (history_len={k} frames, oldest first), "
+                             f"got shape {images.shape}")
+        b = images.shape[0]
+        prev = np.asarray(prev_actions, dtype=np.float32)
+        if prev.shape != (b, k - 1, a_dim):
+            raise ValueError(f"prev_actions must be [B,K-1,A] = [{b},{k - 1},{a_dim}] (native units), "
+                             f"got shape {prev.shape}")
+        if not np.all(np.isfinite(prev)):
+            raise ValueError("prev_actions contain NaN or inf")
+        goal = torch.as_tensor(goal_latents, dtype=torch.float32).to(self.device)
+        if goal.ndim != 2 or goal.shape[0] != b:
+            raise ValueError(f"goal_latents must be [B,D] with B={b} (encode_goal), got {tuple(goal.shape)}")
+        if not torch.isfinite(goal).all():
+            raise ValueError("goal_latents contain NaN or inf")
+        init = self._warm_init(warm_start, b, executed_steps)
+
+        z = self.encode(images.reshape(b * k, *images.shape[2:])).view(b, k, -1)
+        if goal.shape[1] != z.shape[-1]:
+            raise ValueError(f"goal latents have dim {goal.shape[1]}, this model's latents {z.shape[-1]}")
+        a_prev = torch.as_tensor(self.action_spec.to_normalized(prev), device=self.device)
+        objective = make_objective(self.model, z, a_prev, goal, self.objective)
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        sol = solve(objective, self.solver, batch=b, horizon=self.horizon, action_dim=a_dim,
+                    init=init, generator=gen, device=self.device)
+        with torch.no_grad():
+            final = self.model.rollout(z, a_prev, sol.actions[:, None])[:, 0, -1]
+            e_plan = energy(final, goal).cpu().numpy()
+            e_now = energy(z[:, -1], goal).cpu().numpy()
+        norm = sol.actions.detach().cpu().numpy().astype(np.float32)
+        state = sol.state.detach().cpu().numpy()
+        warm = [
+            WarmStart(self.name, self.solver.name, self.horizon, a_dim, tuple(map(tuple, state[i].tolist())))
+            for i in range(b)
+        ]
+        return Plan(
+            actions=self.action_spec.to_native(norm),
+            actions_normalized=norm,
+            energy=e_plan.astype(np.float32),
+            current_energy=e_now.astype(np.float32),
+            goal_reached=e_now <= self.goal_energy_threshold,
+            plan_ms=(time.perf_counter() - t0) * 1e3,
+            warm_start=warm,
+        )
+
+    def _warm_init(self, warm_start, b: int, executed_steps: int) -> torch.Tensor | None:
+        """Validated warm starts -> shifted init float[B,H,A] (zeros where a problem has none), or None."""
+        if warm_start is None:
+            return None
+        if isinstance(warm_start, (WarmStart, dict)):
+            warm_start = [warm_start]
+        if len(warm_start) != b:
+            raise ValueError(f"got {len(warm_start)} warm starts for {b} problems; pass one (or None) each")
+        if not isinstance(executed_steps, int) or executed_steps < 0:
+            raise ValueError(f"executed_steps must be a non-negative integer, got {executed_steps!r}")
+        rows = []
+        for ws in warm_start:
+            if ws is None:
+                rows.append(np.zeros((self.horizon, self.action_spec.dim)))
+                continue
+            ws = WarmStart.from_dict(ws) if isinstance(ws, dict) else ws
+            self.check_warm_start(ws)
+            rows.append(np.asarray(ws.actions))
+        if all(ws is None for ws in warm_start):
+            return None
+        init = torch.as_tensor(np.stack(rows), dtype=torch.float32, device=self.device)
+        return shift_plan(init, executed_steps)
+
+    def check_warm_start(self, ws: WarmStart) -> None:
+        """Raise ValueError unless `ws` came from this model with this solver shape."""
+        want = (self.name, self.solver.name, self.horizon, self.action_spec.dim)
+        got = (ws.model, ws.solver, ws.horizon, ws.action_dim)
+        if got != want:
+            raise ValueError(
+                "warm_start does not fit this planner: it is from model/solver/horizon/action_dim "
+                f"{got}, this planner is {want}; drop warm_start to start fresh"
+            )
+
+
+def pad_history(frames: list[np.ndarray], actions: list[np.ndarray], k: int, zero_action: np.ndarray):
+    """Last k frames (uint8 [S,S,3] each) and the k-1 actions between them, padded at the start.
+
+    Before k frames exist the first frame repeats and the missing actions are `zero_action` (native).
+    Returns (images uint8 [k,S,S,3], actions float32 [k-1,A]).
+    """
+    frames = frames[-k:]
+    acts = list(actions[-(k - 1):]) if k > 1 else []
+    missing = k - len(frames)
+    imgs = [frames[0]] * missing + frames
+    acts = [zero_action] * (k - 1 - len(acts)) + acts
+    a = np.asarray(acts, dtype=np.float32).reshape(k - 1, zero_action.shape[0])
+    return np.stack(imgs), a
+

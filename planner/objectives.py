@@ -1,0 +1,97 @@
+"""Planning objectives: candidate action sequences -> cost, built from a world model and a goal latent.
+
+The energy everywhere (goal_reached, calibration in planner.metrics, reports) is the Euclidean distance
+||z - z_goal||_2 between latents. The planning cost may differ from it: L1 or L2, at the final step or
+averaged/weighted over the horizon, plus an optional action-smoothness term. Our world models do not
+predict proprioception, so there is no proprio term (a goal's proprio is not used for planning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+DISTANCES = ("l2", "l1")
+REDUCTIONS = ("final", "mean", "weighted")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """How imagined latents are scored against the goal latent."""
+
+    distance: str = "l2"
+    """`l2`: Euclidean norm (the energy); `l1`: sum of absolute differences."""
+    reduce: str = "weighted"
+    """`final`: distance after the last action; `mean`: average over the horizon; `weighted`: weights
+    discount^(H-1-h), normalized to sum 1 (the final step weighs most)."""
+    discount: float = 0.8
+    """Per-step weight decay backwards from the final step (only for reduce=weighted)."""
+    smoothness: float = 0.0
+    """Weight of the mean squared difference between consecutive actions (normalized units)."""
+
+    def __post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(f"objective distance must be one of {DISTANCES}, got {self.distance!r}")
+        if self.reduce not in REDUCTIONS:
+            raise ValueError(f"objective reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"objective discount must be in (0, 1], got {self.discount}")
+        if self.smoothness < 0:
+            raise ValueError(f"objective smoothness must be >= 0, got {self.smoothness}")
+
+
+def energy(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """The energy ||z - goal||_2 over the last dim: [..., D], [..., D] (broadcast) -> [...]."""
+    return torch.linalg.vector_norm(z - goal, dim=-1)
+
+
+def latent_distance(z: torch.Tensor, goal: torch.Tensor, kind: str) -> torch.Tensor:
+    """[..., D], [..., D] -> [...] by `kind` (l2 or l1)."""
+    if kind == "l2":
+        return energy(z, goal)
+    if kind == "l1":
+        return (z - goal).abs().sum(dim=-1)
+    raise ValueError(f"distance must be one of {DISTANCES}, got {kind!r}")
+
+
+def horizon_weights(horizon: int, cfg: ObjectiveConfig, device=None) -> torch.Tensor:
+    """float[H] summing to 1: how much each step's distance counts."""
+    if cfg.reduce == "final":
+        w = torch.zeros(horizon, device=device)
+        w[-1] = 1.0
+        return w
+    if cfg.reduce == "mean":
+        return torch.full((horizon,), 1.0 / horizon, device=device)
+    w = cfg.discount ** torch.arange(horizon - 1, -1, -1, device=device, dtype=torch.float32)
+    return w / w.sum()
+
+
+def make_objective(
+    model,
+    z_hist: torch.Tensor,
+    a_prev: torch.Tensor,
+    z_goal: torch.Tensor,
+    cfg: ObjectiveConfig,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """objective(actions float[B,S,H,A] normalized) -> cost float[B,S].
+
+    model: has `rollout(z_hist [B,K,D], a_prev [B,K-1,A], actions [B,S,H,A]) -> z [B,S,H,D]`.
+    z_hist [B,K,D] latest latents, a_prev [B,K-1,A] normalized actions between them, z_goal [B,D].
+    Differentiable in `actions` (for gradient-based solvers).
+    """
+    goal = z_goal[:, None, None, :]  # [B,1,1,D]
+
+    def objective(actions: torch.Tensor) -> torch.Tensor:
+        z = model.rollout(z_hist, a_prev, actions)  # [B,S,H,D]
+        w = horizon_weights(actions.shape[2], cfg, device=actions.device)
+        if cfg.reduce == "final":
+            cost = latent_distance(z[:, :, -1], goal[:, :, 0], cfg.distance)
+        else:
+            cost = (latent_distance(z, goal, cfg.distance) * w).sum(-1)
+        if cfg.smoothness > 0 and actions.shape[2] > 1:
+            cost = cost + cfg.smoothness * actions.diff(dim=2).pow(2).sum(-1).mean(-1)
+        return cost
+
+    return objective
