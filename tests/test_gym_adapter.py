@@ -204,6 +204,7 @@ def test_truncates_at_step_budget():
         ("gym:Reacher-v5", {"min_start_distance": 0.01}, "min_start_distance"),
         ("gym:Reacher-v5", {"image_size": 3}, "image_size"),
         ("gym:Reacher-v5", {"step_budget": 0}, "step_budget"),
+        ("gym:Reacher-v5", {"shadows": "no"}, "shadows"),
     ],
 )
 def test_bad_input_clear_errors(spec, kwargs, match):
@@ -218,3 +219,57 @@ def test_step_before_reset_is_an_error():
             env.step(np.zeros(2))
     finally:
         env.close()
+
+
+def test_shadows_off_renders_nearly_the_same_image():
+    with_shadows, without = make_gym_env("gym:Pusher-v5"), make_gym_env("gym:Pusher-v5", shadows=False)
+    try:
+        a, _ = with_shadows.reset(seed=1)
+        b, _ = without.reset(seed=1)
+        assert without.model.vis.quality.shadowsize == 0
+        diff = np.abs(a["image"].astype(np.int16) - b["image"].astype(np.int16))
+        assert 0 < diff.mean() < 3.0
+    finally:
+        with_shadows.close()
+        without.close()
+
+
+def _uniform_policy(name: str, env, seed: int):
+    """Stand-in for envs.policies.make_policy (the policy is not under test): seeded uniform actions."""
+    rng = np.random.default_rng(seed)
+
+    class Uniform:
+        def reset(self) -> None:
+            pass
+
+        def __call__(self, obs) -> np.ndarray:
+            return rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+
+    return Uniform()
+
+
+@pytest.mark.parametrize("spec", IDS)
+def test_collect_store_round_trip(tmp_path, spec):
+    from planner.collect import CollectConfig, collect
+    from planner.preprocess import Preprocessing, preprocess_image
+    from planner.store import TrajectoryStore
+
+    cfg = CollectConfig(env=spec, episodes=2, out=tmp_path / "store", steps=4, policy="random")
+    report = collect(cfg, make_policy=_uniform_policy, progress=False)
+    assert report.total == 2
+    store = TrajectoryStore.open(tmp_path / "store")
+    rule = Preprocessing.from_dict(store.meta.preprocessing)
+    fresh = make_gym_env(spec)
+    try:
+        assert store.meta.action_spec["low"] == fresh.action_spec["low"]
+        for episode in store.iter_episodes():
+            assert episode.snapshots.shape == (5, fresh.get_snapshot().size)
+            for t in (0, 4):
+                fresh.set_snapshot(episode.snapshots[t])
+                assert np.array_equal(preprocess_image(fresh.render(), rule), episode.images[t])
+                assert np.allclose(fresh.task_state(), episode.task_state[t], atol=1e-6)
+            # the stored goal is reproducible from the episode seed
+            _, info = fresh.reset(seed=episode.seed)
+            assert np.array_equal(preprocess_image(info["goal_image"], rule), episode.goal_image)
+    finally:
+        fresh.close()
