@@ -210,23 +210,32 @@ def _worker_init(
     make_env: EnvFactory,
     make_policy: PolicyFactory,
 ) -> None:
-    """Runs once in each spawned worker: Ctrl-C is the parent's job; build this worker's own env."""
+    """Runs once in each spawned worker: Ctrl-C is the parent's job; build this worker's own env.
+
+    A failure here is kept and raised by the first task (a Pool whose initializer raises would
+    respawn workers forever instead of reporting the error).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    store = TrajectoryStore.open(out)
-    _WORKER.update(
-        store=store,
-        env=make_env(env_id, **env_kwargs),
-        policy=policy,
-        seed=seed,
-        steps=steps,
-        make_policy=make_policy,
-        rule=Preprocessing.from_dict(store.meta.preprocessing),
-    )
+    try:
+        store = TrajectoryStore.open(out)
+        _WORKER.update(
+            store=store,
+            env=make_env_or_explain(make_env, env_id, env_kwargs),
+            policy=policy,
+            seed=seed,
+            steps=steps,
+            make_policy=make_policy,
+            rule=Preprocessing.from_dict(store.meta.preprocessing),
+        )
+    except Exception as exc:
+        _WORKER["init_error"] = exc
 
 
 def _worker_episode(index: int) -> tuple[int, int]:
     """Collect and write episode `index` in a worker; returns (index, frames written)."""
     w = _WORKER
+    if "init_error" in w:
+        raise w["init_error"]
     ep = run_episode(w["env"], w["make_policy"], w["policy"], w["seed"], index, w["steps"], w["rule"])
     w["store"].write(ep)
     return index, ep.length + 1

@@ -374,6 +374,15 @@ class TrajectoryStore:
             raise StoreError(f"{path}: shard does not match {META_FILE}: " + "; ".join(problems))
         return ep
 
+    def length(self, index: int) -> int:
+        """T (actions) of one episode, reading only its small `actions` array."""
+        path = self.shard_path(index)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return int(npz["actions"].shape[0])
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+            raise StoreError(f"{path}: corrupt or truncated shard ({type(exc).__name__}: {exc})") from exc
+
     def iter_episodes(self, indices: Iterable[int] | None = None) -> Iterator[Episode]:
         """Yield episodes one at a time in index order (or the given order); holds one in memory."""
         for i in self.indices() if indices is None else indices:
@@ -423,20 +432,12 @@ class WindowSampler:
         self.indices = np.array(store.indices(), dtype=np.int64)
         if len(self.indices) == 0:
             raise StoreError(f"{store.path} holds no episodes to sample from")
-        lengths = np.array([self._length(int(i)) for i in self.indices], dtype=np.int64)
+        lengths = np.array([store.length(int(i)) for i in self.indices], dtype=np.int64)
         self.starts = np.maximum(lengths - window + 1, 0)  # valid start positions per episode
         if self.starts.sum() == 0:
             raise StoreError(f"{store.path}: no episode has {window} actions (longest has {lengths.max()})")
         self.rng = np.random.default_rng(seed)
         self._cache: OrderedDict[int, Episode] = OrderedDict()
-
-    def _length(self, index: int) -> int:
-        path = self.store.shard_path(index)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                return int(npz["actions"].shape[0])
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-            raise StoreError(f"{path}: corrupt or truncated shard ({type(exc).__name__}: {exc})") from exc
 
     def _episode(self, index: int) -> Episode:
         ep = self._cache.pop(index, None)

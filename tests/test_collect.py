@@ -347,3 +347,14 @@ def test_real_env_cli_collect_and_resume(tmp_path):
     with pytest.raises(SystemExit, match="already holds a store with 3 episode"):
         main([*args, "--episodes", "4"])
     print(json.dumps(store.meta.to_dict()))
+
+
+def test_worker_that_cannot_build_its_env_reports_instead_of_hanging(tmp_path):
+    fake_collect(fake_cfg(tmp_path, episodes=1))
+    (tmp_path / "meta.json").rename(tmp_path / "meta.bak")
+    meta = json.loads((tmp_path / "meta.bak").read_text())
+    meta["env_id"] = "Gone-v0"  # e.g. an env removed since the store was made
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CollectError, match="cannot make env 'Gone-v0'"):
+        fake_collect(fake_cfg(tmp_path, env="Gone-v0", episodes=4, workers=2, resume=True))
+    assert TrajectoryStore.open(tmp_path).indices() == [0]
