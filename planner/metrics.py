@@ -582,7 +582,9 @@ def calibrate_goal_energy_threshold(encoded: EncodedEpisodes, success_threshold:
 
 def plot_energy_curve(result: EnergyCorrelation, path: str | Path, title: str = "",
                       max_points: int = 4000, seed: int = 0) -> Path:
-    """Scatter latent vs true distance (pairs, and goal pairs when present) + binned mean/std -> PNG."""
+    """Scatter latent vs true distance (pairs, and goal pairs when present) + binned mean/std -> PNG.
+
+    Red bands: flat ranges of the goal pairing (of the state pairs when there are no goals)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -598,11 +600,15 @@ def plot_energy_curve(result: EnergyCorrelation, path: str | Path, title: str = 
         gsel = rng.permutation(len(result.goal_true_distance))[:max_points]
         ax.scatter(result.goal_true_distance[gsel], result.goal_latent_distance[gsel], s=3, alpha=0.25,
                    color="tab:orange", label=f"state vs goal image (rho={result.spearman['goal']:.2f})")
-    counted = [b for b in result.bins if b.count > 0]
-    centers = [(b.lo + b.hi) / 2 for b in counted]
-    ax.errorbar(centers, [b.mean for b in counted], yerr=[b.std for b in counted], color="black", marker="o",
-                ms=3, capsize=2, label="binned mean ± std (state pairs)")
-    for lo, hi in result.flat_ranges:
+    curves = [(result.bins, "black", "binned mean ± std (state pairs)")]
+    if result.goal_bins is not None:
+        curves.append((result.goal_bins, "saddlebrown", "binned mean ± std (goal pairs)"))
+    for bins, color, label in curves:
+        counted = [b for b in bins if b.count > 0]
+        ax.errorbar([(b.lo + b.hi) / 2 for b in counted], [b.mean for b in counted],
+                    yerr=[b.std for b in counted], color=color, marker="o", ms=3, capsize=2, label=label)
+    flat = result.goal_flat_ranges if result.goal_flat_ranges is not None else result.flat_ranges
+    for lo, hi in flat:
         ax.axvspan(lo, hi, color="red", alpha=0.12)
     ax.axvline(result.goal_span, color="gray", ls="--", lw=0.8, label="goal span (95th pct)")
     ax.set_xlabel("true task distance [m]")

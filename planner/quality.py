@@ -55,12 +55,14 @@ class QualityConfig:
 def split_indices(store_indices: list[int], config: dict) -> tuple[list[int], list[int], str]:
     """(train indices, validation indices, where the split came from) for a store and checkpoint config.
 
-    `training_data.val_episodes` in config.json may be a list of episode indices or a count (the last
-    that many episodes); without it, the last 10% (at least one) of the store are held out.
+    From config.json `training_data`, in this order: `val_episodes` as a list of indices; `val_indices`
+    [first, last] (what planner.train records: the held-out indices are the store's in that range);
+    `val_episodes` as a count (the last that many). Otherwise the last 10% (at least one) are held out.
     """
     if len(store_indices) < 2:
         raise ValueError(f"the store holds {len(store_indices)} episode(s); quality needs at least 2")
-    recorded = config.get("training_data", {}).get("val_episodes")
+    data = config.get("training_data", {})
+    recorded, bounds = data.get("val_episodes"), data.get("val_indices")
     if isinstance(recorded, list) and recorded:
         have = set(store_indices)
         missing = [i for i in recorded if i not in have]
@@ -68,6 +70,13 @@ def split_indices(store_indices: list[int], config: dict) -> tuple[list[int], li
             raise ValueError(f"config.json lists validation episodes {missing[:5]} that the store lacks: "
                              "pass the --data store this checkpoint was trained on")
         val, source = sorted(int(i) for i in recorded), "config.json training_data.val_episodes"
+    elif isinstance(bounds, list) and len(bounds) == 2:
+        lo, hi = int(bounds[0]), int(bounds[1])
+        val = [i for i in store_indices if lo <= i <= hi]
+        if not val:
+            raise ValueError(f"the store has no episodes in the recorded validation range {lo}..{hi}: "
+                             "pass the --data store this checkpoint was trained on")
+        source = f"config.json training_data.val_indices {lo}..{hi}"
     elif isinstance(recorded, int) and 0 < recorded < len(store_indices):
         val, source = store_indices[-recorded:], f"last {recorded} episodes (count in config.json)"
     else:
@@ -151,7 +160,8 @@ def format_table(report: dict) -> str:
                                        if key in rho)))
     rows.append(("goal span [m]", f"{e['goal_span']:.3f}"))
     flat = e["goal_flat_ranges"] if e.get("goal_flat_ranges") is not None else e["flat_ranges"]
-    rows.append(("flat ranges [m]", ", ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in flat) or "none"))
+    which = "goal pairs" if e.get("goal_flat_ranges") is not None else "state pairs"
+    rows.append((f"flat ranges [m] ({which})", ", ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in flat) or "none"))
     g = report["goal_threshold"]
     rows.append(("goal threshold", g["error"] if "error" in g else
                  f"{g['threshold']:.4g} (q{g['quantile']:.2f} of {g['n_close']} {g['source']} pairs "

@@ -292,6 +292,8 @@ def test_split_indices_recorded_count_and_fallback():
     idx = list(range(20))
     assert split_indices(idx, {"training_data": {"val_episodes": [2, 5]}})[1] == [2, 5]
     assert split_indices(idx, {"training_data": {"val_episodes": 3}})[1] == [17, 18, 19]
+    recorded = {"training_data": {"val_episodes": 3, "val_indices": [16, 18]}}  # store grew after training
+    assert split_indices(idx, recorded)[1] == [16, 17, 18]
     train, val, source = split_indices(idx, {})
     assert val == [18, 19] and train == list(range(18)) and "10%" in source
     with pytest.raises(ValueError, match="store lacks"):
