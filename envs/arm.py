@@ -39,6 +39,8 @@ FINGER_OPEN = 0.04
 HOME_EE = np.array([0.30, 0.0, 0.25])
 """Rest position of the end effector used as IK seed."""
 HOME_Q = np.array([0.0, 0.2, 1.9, 1.04])
+BLOCK_HALF = 0.025
+"""Half the block's side (metres); must match envs/assets/arm.xml."""
 ARM_JOINTS = ("yaw", "shoulder", "elbow", "wrist")
 DOWN = np.array([0.0, 0.0, -1.0])
 _ROT_WEIGHT = 0.2  # metres per radian: weight of the hand-pointing-down row in the IK
@@ -288,6 +290,15 @@ class ArmEnv(gym.Env):
     def block_position(self) -> np.ndarray:
         """Block centre, float64[3] (metres, world frame)."""
         return self.data.xpos[self.model.body("block").id].copy()
+
+    def holding(self) -> bool:
+        """The closed fingers hold the block (block between them, opening stopped by its width)."""
+        if not self.has_block:
+            return False
+        rel = self.block_position() - self.ee_position()
+        opening = self.gripper_opening()
+        between = np.linalg.norm(rel[:2]) < 0.02 and abs(rel[2]) < 0.025
+        return bool(between and 2 * BLOCK_HALF - 0.015 < opening < 2 * BLOCK_HALF + 0.006)
 
     def _place_block(self, pos: np.ndarray, yaw: float) -> None:
         adr = self.model.joint("block").qposadr[0]

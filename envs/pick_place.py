@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.arm import ArmEnv, move_toward, sample_in_box
-from envs.push import ARM_START_HIGH, ARM_START_LOW, BLOCK_HALF, BLOCK_HIGH, BLOCK_LOW
+from envs.arm import BLOCK_HALF, ArmEnv, move_toward, sample_in_box
+from envs.push import ARM_START_HIGH, ARM_START_LOW, BLOCK_HIGH, BLOCK_LOW
 from envs.task import TaskSpec
 
 GOAL_Z = (0.08, 0.20)
@@ -17,8 +17,6 @@ GOAL_Z = (0.08, 0.20)
 YAW_JITTER = 0.35
 """Start yaw of the block relative to the gripper's radial orientation, +- radians."""
 TRAVEL_HEIGHT_M = 0.09
-GRASPED_OPENING_M = 2 * BLOCK_HALF + 0.006
-"""A gripper opening below this, closed around the block, counts as holding it."""
 
 
 def radial_yaw(xy: np.ndarray) -> float:
@@ -47,13 +45,6 @@ class ArmPickPlaceEnv(ArmEnv):
 
     def task_state(self) -> np.ndarray:
         return self.block_position()
-
-    def holding(self) -> bool:
-        """The closed fingers hold the block (block between them, opening stopped by its width)."""
-        rel = self.block_position() - self.ee_position()
-        opening = self.gripper_opening()
-        return bool(np.linalg.norm(rel[:2]) < 0.02 and abs(rel[2]) < 0.025 and opening < GRASPED_OPENING_M
-                    and opening > 2 * BLOCK_HALF - 0.015)
 
     def scripted_action(self) -> np.ndarray:
         """Approach above the block, descend open, close, lift, carry to the goal, hold."""

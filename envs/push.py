@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.arm import ArmEnv, move_toward, sample_in_box
+from envs.arm import BLOCK_HALF, ArmEnv, move_toward, sample_in_box
 from envs.task import TaskSpec
 
-BLOCK_HALF = 0.025
 BLOCK_LOW = np.array([0.28, -0.15])
 BLOCK_HIGH = np.array([0.48, 0.15])
 """Region (xy, metres) for the block's start and goal positions."""
