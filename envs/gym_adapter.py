@@ -58,7 +58,13 @@ KNOWN_GOAL_MODES: dict[str, str] = {"Pusher-v5": "relocate"}
 GOAL_MODES = ("actions", "relocate")
 
 FALLBACK_STEP_BUDGET = 50
-SNAPSHOT_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
+# Everything a restore needs to reproduce the next image and step: the full physics state (time, qpos,
+# qvel, act, plugin state, and history/plastic state where mujoco has them) plus mocap poses and
+# equality activations (empty for models without them, e.g. Reacher-v5 and Pusher-v5).
+_S = mujoco.mjtState
+SNAPSHOT_SPEC = int(
+    _S.mjSTATE_FULLPHYSICS | _S.mjSTATE_MOCAP_POS | _S.mjSTATE_MOCAP_QUAT | _S.mjSTATE_EQ_ACTIVE
+)
 
 
 @dataclass(frozen=True)
@@ -370,7 +376,7 @@ class GymAdapterEnv(gymnasium.Env):
     # --- our interface -------------------------------------------------------------------------------
 
     def get_snapshot(self) -> np.ndarray:
-        """Full MuJoCo physics state float64[S] (mjSTATE_FULLPHYSICS: time, qpos, qvel, act, mocap, ...)."""
+        """Full MuJoCo physics state float64[S] (SNAPSHOT_SPEC: mjSTATE_FULLPHYSICS + mocap + eq_active)."""
         state = np.empty(self._snapshot_size, dtype=np.float64)
         mujoco.mj_getState(self.model, self.data, state, SNAPSHOT_SPEC)
         return state
@@ -380,7 +386,7 @@ class GymAdapterEnv(gymnasium.Env):
         state = np.asarray(snapshot, dtype=np.float64)
         if state.shape != (self._snapshot_size,):
             raise ValueError(
-                f"{self.task.name}: snapshot must be float64[{self._snapshot_size}] (mjSTATE_FULLPHYSICS of "
+                f"{self.task.name}: snapshot must be float64[{self._snapshot_size}] (the physics state of "
                 f"this model under mujoco {mujoco.__version__}), got shape {state.shape}"
             )
         mujoco.mj_setState(self.model, self.data, np.ascontiguousarray(state), SNAPSHOT_SPEC)
