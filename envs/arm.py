@@ -179,15 +179,23 @@ class ArmEnv(gym.Env):
             raise ValueError(f"action must be finite, got {a.tolist()}")
         if self._goal_state is None:
             raise RuntimeError("call reset() before step()")
-        self._apply_action(np.clip(a, -1.0, 1.0))
-        for _ in range(N_SUBSTEPS):
-            mujoco.mj_step(self.model, self.data)
-        mujoco.mj_forward(self.model, self.data)
+        self.simulate(a)
         self._steps += 1
         dist = self.distance()
         info = dict(distance=dist, is_success=self.task.is_success(dist), task_state=self.task_state().copy())
         truncated = self._steps >= self.task.step_budget
         return self._obs(), -dist, False, truncated, info
+
+    def simulate(self, action: np.ndarray) -> None:
+        """Physics only: one control step (IK + N_SUBSTEPS physics steps), no rendering, no step count.
+
+        For planners that use the true simulator (restore a snapshot, simulate candidates, read
+        `distance()`); `action` is a normalized float[4], clipped to [-1, 1], not validated here.
+        """
+        self._apply_action(np.clip(action, -1.0, 1.0))
+        for _ in range(N_SUBSTEPS):
+            mujoco.mj_step(self.model, self.data)
+        mujoco.mj_forward(self.model, self.data)
 
     def render(self) -> np.ndarray:
         """RGB uint8 [image_size, image_size, 3] from the chosen camera."""

@@ -191,3 +191,31 @@ def test_pick_place_goal_holds_block_and_push_goal_rests_behind():
     direction = (push.goal_task_state[:2] - start) / np.linalg.norm(push.goal_task_state[:2] - start)
     rest = push.goal_task_state[:2] - PUSH_REST_BEHIND_M * direction
     np.testing.assert_allclose(push.ee_position()[:2], rest, atol=2e-3)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_physics_sane_under_random_actions(env_id):
+    """Joint limits hold, the end effector stays near the workspace box, nothing explodes or jitters."""
+    from envs.arm import WORKSPACE_HIGH, WORKSPACE_LOW
+
+    env = envs.make_env(env_id, render_goal=False)
+    env.reset(seed=11)
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        env.simulate(rng.uniform(-1, 1, 4))
+        q = env.data.qpos[env._qadr]
+        assert np.all(q >= env._qlow - 1e-3) and np.all(q <= env._qhigh + 1e-3)
+        ee = env.ee_position()
+        assert np.all(ee > WORKSPACE_LOW - 0.015) and np.all(ee < WORKSPACE_HIGH + 0.015)
+        assert np.abs(env.data.qvel).max() < 5.0
+        if env.has_block:
+            assert env.block_position()[2] > 0.02
+    for _ in range(10):
+        env.simulate(np.array([0.0, 0.0, 0.0, -1.0]))
+    assert np.abs(env.data.qvel[:4]).max() < 1e-3  # at rest: no jitter
+
+
+def test_gym_ids_are_delegated_to_the_adapter():
+    env = envs.make_env("gym:Reacher-v5", image_size=32)
+    obs, info = env.reset(seed=0)
+    assert obs["image"].shape == (32, 32, 3) and "goal_image" in info
