@@ -12,6 +12,11 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("planner.collect", "CollectConfig"),
     "quality": ("planner.quality", "QualityConfig"),
+    "import": ("planner.importers", "ImportConfig"),  # module name differs: `import` is a keyword
+    "export": ("planner.export", "ExportConfig"),
+    "train": ("planner.train", "TrainConfig"),
+    "eval": ("planner.evaluate", "EvalConfig"),
+    "bench": ("planner.bench", "BenchConfig"),
 }
 
 

@@ -8,8 +8,7 @@ target encoder, temporal-ordering energy shaping) lives here too, as pure functi
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -291,59 +290,6 @@ def temporal_ordering(z: torch.Tensor, span: int, margin: float) -> torch.Tensor
         far = torch.diagonal(dist, offset=k + 1, dim1=1, dim2=2)  # d(t, t+k+1)
         losses.append(F.relu(near - far + margin * scale).mean())
     return torch.stack(losses).mean() / scale
-
-
-@dataclass
-class LatentStats:
-    """Collapse watch on a batch of latents [N,D]."""
-
-    std_mean: float
-    std_min: float
-    effective_rank: float
-
-
-def latent_stats(z: torch.Tensor) -> LatentStats:
-    """z [N,D] -> per-dim std (mean, min) and effective rank exp(H(singular values / sum)) of centred z."""
-    z = z.detach().float().reshape(-1, z.shape[-1])
-    zc = z - z.mean(0)
-    std = zc.std(0)
-    s = torch.linalg.svdvals(zc)
-    total = s.sum()
-    if total <= 1e-8 * max(1.0, z.abs().max().item()):
-        erank = 0.0
-    else:
-        p = s / total
-        erank = math.exp(-(p * torch.log(p.clamp_min(1e-12))).sum().item())
-    return LatentStats(float(std.mean()), float(std.min()), erank)
-
-
-class CollapseError(RuntimeError):
-    """Training stopped because the representation collapsed; no checkpoint was written."""
-
-
-@dataclass
-class CollapseMonitor:
-    """Raises CollapseError when effective rank or mean std stay below their floors for `patience` checks."""
-
-    rank_floor: float = 2.0
-    """Effective rank below this counts as collapsed."""
-    std_floor: float = 1e-3
-    """Mean per-dimension std below this counts as collapsed."""
-    patience: int = 50
-    """Consecutive collapsed checks before stopping."""
-    bad: int = field(default=0, init=False)
-
-    def update(self, stats: LatentStats, step: int) -> None:
-        collapsed = stats.effective_rank < self.rank_floor or stats.std_mean < self.std_floor
-        self.bad = self.bad + 1 if collapsed else 0
-        if self.bad >= self.patience:
-            raise CollapseError(
-                f"representation collapsed at step {step}: effective rank {stats.effective_rank:.2f} "
-                f"(floor {self.rank_floor}), mean latent std {stats.std_mean:.2e} (floor {self.std_floor}) "
-                f"for {self.bad} consecutive checks. No checkpoint written. Raise the anti-collapse weight "
-                f"(--objective.var-weight / --objective.sigreg-weight), use --objective.regularizer vicreg, "
-                f"or lower the learning rate."
-            )
 
 
 def jepa_loss(

@@ -4,13 +4,10 @@ import pytest
 import torch
 
 from planner.world_model import (
-    CollapseError,
-    CollapseMonitor,
     ObjectiveConfig,
     WorldModel,
     WorldModelConfig,
     jepa_loss,
-    latent_stats,
     sigreg,
     temporal_ordering,
     vicreg_terms,
@@ -107,31 +104,19 @@ def test_loss_backward_and_ema_target():
     assert parts["pred"] > 0.5  # regresses onto the (shifted) target, not the online latents
 
 
-def test_collapse_monitor_fires_on_collapsed_batch_only():
-    mon = CollapseMonitor(rank_floor=2.0, patience=3)
-    healthy = latent_stats(torch.randn(256, 16))
-    assert healthy.effective_rank > 10
-    for step in range(10):
-        mon.update(healthy, step)
-    collapsed = latent_stats(torch.ones(256, 16) * 3.0 + 1e-9 * torch.randn(256, 16))
-    assert collapsed.std_mean < 1e-6
-    mon.update(collapsed, 10)
-    mon.update(collapsed, 11)
-    with pytest.raises(CollapseError, match="collapsed at step 12"):
-        mon.update(collapsed, 12)
-    # rank-1 latents (all on a line) are collapsed too
-    line = torch.randn(256, 1) * torch.ones(1, 16)
-    assert latent_stats(line).effective_rank < 1.5
-
-
-def test_constant_encoder_collapses_loss_free():
-    """A constant encoder is a zero-prediction-loss solution: exactly what the monitor must catch."""
+def test_constant_encoder_is_zero_loss_without_anti_collapse():
+    """A constant encoder predicts perfectly; only the anti-collapse term (VICReg/SIGReg) penalizes it."""
     m = small_model()
     torch.nn.init.zeros_(m.encoder.head.weight)
     torch.nn.init.zeros_(m.encoder.head.bias)
     out = m(torch.rand(4, 6, 3, 32, 32), torch.randn(4, 5, 4), 3)
-    stats = latent_stats(out["z"])
-    assert stats.effective_rank == 0.0
-    mon = CollapseMonitor(patience=1)
-    with pytest.raises(CollapseError):
-        mon.update(stats, 0)
+    assert out["z"].abs().max() == 0
+    none = ObjectiveConfig(regularizer="none", temporal_weight=0.0, rollout_steps=3)
+    torch.nn.init.zeros_(m.predictor.out.weight)
+    torch.nn.init.zeros_(m.predictor.out.bias)
+    _, parts = jepa_loss(m(torch.rand(4, 6, 3, 32, 32), torch.randn(4, 5, 4), 3), none, 2, torch.Generator())
+    assert parts["loss"] == 0
+    for reg in ("vicreg", "sigreg"):
+        obj = ObjectiveConfig(regularizer=reg, temporal_weight=0.0, rollout_steps=3)
+        _, parts = jepa_loss(out, obj, 2, torch.Generator().manual_seed(0))
+        assert parts["loss"] > 0.3
