@@ -40,6 +40,7 @@ def write_png(path: str, image: np.ndarray) -> None:
     os.close(fd)
     try:
         iio.imwrite(tmp, image, extension=".png")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
