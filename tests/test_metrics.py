@@ -237,11 +237,9 @@ def _square_episode(index: int):
     )
 
 
-def test_quality_cli_on_real_model_checkpoint_and_store(tmp_path, capsys):
-    import json
-
+def _tiny_checkpoint_and_store(tmp_path):
+    """A real store of 12 square episodes and a randomly initialised real WorldModel checkpoint."""
     from planner import checkpoint
-    from planner.cli import main
     from planner.preprocess import Preprocessing
     from planner.store import StoreMeta, TrajectoryStore
     from planner.world_model import WorldModel, WorldModelConfig
@@ -263,6 +261,15 @@ def test_quality_cli_on_real_model_checkpoint_and_store(tmp_path, capsys):
         "history_len": 2,
         "training_data": {"store": str(tmp_path / "data"), "val_episodes": [3, 7, 9, 11]},
     })
+    return tmp_path / "ckpt", tmp_path / "data"
+
+
+def test_quality_cli_on_real_model_checkpoint_and_store(tmp_path, capsys):
+    import json
+
+    from planner.cli import main
+
+    _tiny_checkpoint_and_store(tmp_path)
     out_json, out_png = tmp_path / "q.json", tmp_path / "q.png"
     main(["quality", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(tmp_path / "data"),
           "--json", str(out_json), "--plot", str(out_png), "--pairs", "300", "--success-threshold", "0.1",
@@ -298,3 +305,11 @@ def test_split_indices_recorded_count_and_fallback():
     assert val == [18, 19] and train == list(range(18)) and "10%" in source
     with pytest.raises(ValueError, match="store lacks"):
         split_indices(idx, {"training_data": {"val_episodes": [99]}})
+
+
+def test_quality_rejects_too_few_episodes(tmp_path):
+    from planner.quality import QualityConfig, run
+
+    ckpt, data = _tiny_checkpoint_and_store(tmp_path)
+    with pytest.raises(ValueError, match="--episodes must be >= 2"):
+        run(QualityConfig(checkpoint=ckpt, data=data, episodes=1, success_threshold=0.1, device="cpu"))
