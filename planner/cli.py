@@ -6,6 +6,7 @@ Each subcommand module exposes a `*Config` dataclass and a `run(cfg)` function; 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> (module, config class). Modules are imported only for the subcommand that runs.
@@ -35,7 +36,18 @@ def main(argv: list[str] | None = None) -> None:
     module_name, config_name = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
     cfg = tyro.cli(getattr(module, config_name), args=rest, prog=f"planner {name}")
-    module.run(cfg)
+    try:
+        module.run(cfg)
+    except (ValueError, OSError, RuntimeError) as exc:
+        # Our error types (StoreError, CheckpointError, TrainError, CollapseError, ...) carry messages that
+        # say what to fix; a traceback adds nothing for a user. PLANNER_DEBUG=1 shows it.
+        if os.environ.get("PLANNER_DEBUG"):
+            raise
+        print(f"planner {name}: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print(f"planner {name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
