@@ -206,10 +206,6 @@ class ArmEnv(gym.Env):
         self._renderer.close()
 
     # ----- members of docs/ARCHITECTURE.md ------------------------------------------------------------
-    @property
-    def task_spec(self) -> TaskSpec:
-        return self.task
-
     def distance(self) -> float:
         return float(np.linalg.norm(self.task_state() - self.goal_task_state))
 

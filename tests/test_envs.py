@@ -219,3 +219,12 @@ def test_gym_ids_are_delegated_to_the_adapter():
     env = envs.make_env("gym:Reacher-v5", image_size=32)
     obs, info = env.reset(seed=0)
     assert obs["image"].shape == (32, 32, 3) and "goal_image" in info
+
+
+def test_camera_offset_shifts_the_view_only():
+    base = envs.make_env("ArmPush-v0")
+    moved = envs.make_env("ArmPush-v0", camera_offset=(0.02, 0.0, -0.02))
+    (a, ia), (b, ib) = base.reset(seed=2), moved.reset(seed=2)
+    assert not np.array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["proprio"], b["proprio"])
+    assert ia["distance"] == ib["distance"]
