@@ -53,7 +53,7 @@ class CollectConfig:
     image_size: int = 64
     """Stored image side length in pixels (the preprocessing rule recorded in meta.json)."""
     compression: Literal["zlib", "none"] = "zlib"
-    """Shard compression (zlib: about 3x smaller for a few ms per episode; see docs/STORE.md)."""
+    """Shard compression (zlib: about 11x smaller for a few ms per episode; see docs/STORE.md)."""
 
 
 class CollectError(ValueError):

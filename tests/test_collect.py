@@ -303,12 +303,10 @@ def test_full_disk_during_collect_is_a_clear_error(tmp_path, monkeypatch, capsys
 # ---- the real env --------------------------------------------------------------------------------------
 def real_env_available() -> bool:
     try:
-        import envs.policies  # noqa: F401
-
-        import envs
+        from envs import known_env_ids, policies  # noqa: F401
     except ImportError:
         return False
-    return "ArmReach-v0" in envs.known_env_ids()
+    return "ArmReach-v0" in known_env_ids()
 
 
 needs_envs = pytest.mark.skipif(
@@ -328,6 +326,8 @@ def test_real_env_cli_collect_and_resume(tmp_path):
     assert store.validate() == 3 and store.meta.action_spec["dim"] == 4
     ep = store.read(2)
     assert ep.images.shape == (4, 64, 64, 3) and ep.images.std() > 0 and ep.goal_image.std() > 0
+    main([*args[:-1], str(tmp_path / "reach2"), "--episodes", "3", "--workers", "2"])
+    assert_same_data(episodes(out), episodes(tmp_path / "reach2"))  # real MuJoCo: same data, any workers
     with pytest.raises(SystemExit, match="known ids: ArmReach-v0"):
         main(["collect", "--env", "ArmNope-v0", "--episodes", "1", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="--env-kwargs is not valid JSON"):
@@ -346,7 +346,6 @@ def test_real_env_cli_collect_and_resume(tmp_path):
         )
     with pytest.raises(SystemExit, match="already holds a store with 3 episode"):
         main([*args, "--episodes", "4"])
-    print(json.dumps(store.meta.to_dict()))
 
 
 def test_worker_that_cannot_build_its_env_reports_instead_of_hanging(tmp_path):
