@@ -22,7 +22,15 @@ import numpy as np
 from planner import __version__
 from planner.preprocess import Preprocessing, preprocess_image
 from planner.seeding import episode_seed
-from planner.store import META_FILE, Episode, StoreError, StoreFullError, StoreMeta, TrajectoryStore
+from planner.store import (
+    META_FILE,
+    Episode,
+    EpisodeExistsError,
+    StoreError,
+    StoreFullError,
+    StoreMeta,
+    TrajectoryStore,
+)
 
 EnvFactory = Callable[..., Any]  # (env_id, **kwargs) -> gymnasium.Env with the envs/ interface
 PolicyFactory = Callable[[str, Any, int], Any]  # (name, env, seed) -> Policy (reset(), __call__(obs))
@@ -196,6 +204,15 @@ def run_episode(
     )
 
 
+def write_once(store: TrajectoryStore, ep: Episode) -> None:
+    """Write `ep` unless its shard appeared meanwhile (a worker orphaned by a killed run finishing the
+    same episode): episodes are deterministic, so the existing shard holds the same data."""
+    try:
+        store.write(ep)
+    except EpisodeExistsError:
+        store.read(ep.index)  # keep it only if it is a valid shard
+
+
 # ---- worker processes ------------------------------------------------------------------------------
 _WORKER: dict[str, Any] = {}
 
@@ -237,7 +254,7 @@ def _worker_episode(index: int) -> tuple[int, int]:
     if "init_error" in w:
         raise w["init_error"]
     ep = run_episode(w["env"], w["make_policy"], w["policy"], w["seed"], index, w["steps"], w["rule"])
-    w["store"].write(ep)
+    write_once(w["store"], ep)
     return index, ep.length + 1
 
 
@@ -317,7 +334,7 @@ def collect(
                 try:
                     for i in todo:
                         ep = run_episode(env, make_policy, cfg.policy, cfg.seed, i, cfg.steps, rule)
-                        store.write(ep)
+                        write_once(store, ep)
                         done(ep.length + 1)
                 finally:
                     env.close()

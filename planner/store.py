@@ -56,6 +56,10 @@ class StoreError(ValueError):
     """A store is missing, incompatible or damaged; the message names the file and what to do."""
 
 
+class EpisodeExistsError(StoreError):
+    """The episode's shard already exists (episodes are write-once)."""
+
+
 class StoreFullError(OSError):
     """The disk filled up during a write; nothing partial was kept and the store still opens."""
 
@@ -327,7 +331,7 @@ class TrajectoryStore:
                 f"episode {episode.index} does not fit {self.path / META_FILE}: " + "; ".join(problems)
             )
         if final.exists():
-            raise StoreError(f"{final} already exists; episodes are written once")
+            raise EpisodeExistsError(f"{final} already exists; episodes are written once")
         save = np.savez_compressed if self.meta.compression == "zlib" else np.savez
         arrays = episode.arrays()
         try:

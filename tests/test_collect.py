@@ -357,3 +357,23 @@ def test_worker_that_cannot_build_its_env_reports_instead_of_hanging(tmp_path):
     with pytest.raises(CollectError, match="cannot make env 'Gone-v0'"):
         fake_collect(fake_cfg(tmp_path, env="Gone-v0", episodes=4, workers=2, resume=True))
     assert TrajectoryStore.open(tmp_path).indices() == [0]
+
+
+def test_episode_written_meanwhile_by_an_orphaned_worker_is_kept(tmp_path, monkeypatch):
+    import planner.collect as c
+
+    fake_collect(fake_cfg(tmp_path, episodes=2))
+    real_run_episode = c.run_episode
+
+    def orphan_finishes_first(env, make_policy, policy, base_seed, index, steps, rule):
+        ep = real_run_episode(env, make_policy, policy, base_seed, index, steps, rule)
+        if index == 3:  # a worker of the killed run writes the same (deterministic) episode first
+            TrajectoryStore.open(tmp_path).write(ep)
+        return ep
+
+    monkeypatch.setattr(c, "run_episode", orphan_finishes_first)
+    report = fake_collect(fake_cfg(tmp_path, episodes=5, resume=True))
+    assert report.total == 5 and TrajectoryStore.open(tmp_path).validate() == 5
+    monkeypatch.undo()
+    fake_collect(fake_cfg(tmp_path / "ref", episodes=5))
+    assert_same_data(episodes(tmp_path / "ref"), episodes(tmp_path))
