@@ -2,13 +2,14 @@
 
 Nothing here uses planner code: the LeRobot v3.0 / v2.1 and robomimic files are written with pyarrow,
 PyAV and h5py directly, so the importers are checked against the specs, not against our exporter.
-Synthetic episodes: a coloured square moving over a gradient whose blue level steps each frame; state = (x, y, gripper), action = the
-commanded (dx, dy) plus gripper.
+Synthetic episodes: a coloured square moving over a gradient whose blue level steps each frame;
+state = (x, y, gripper), action = the commanded (dx, dy) plus gripper.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def write_mp4(path: Path, frames: np.ndarray, codec: str, fps: int = FPS) -> Non
     """RGB uint8 [N,H,W,3] -> MP4 (frame i at i/fps), as LeRobot encodes: yuv420p, GOP 2."""
     import av
 
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only, no banner
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="mp4") as c:
         s = c.add_stream(codec, rate=Fraction(fps))

@@ -33,9 +33,10 @@ def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     for i, n in enumerate(LENGTHS):
         src = synthetic_episode(i, n)
+        actions = rng.uniform(-1, 1, (n - 1, 3)).astype(np.float32)
+        actions[0] = (1.0, -1.0, 1.0)  # at the bounds: float32 native values must not widen them on import
         s.write(Episode(
-            images=src["images"], proprio=src["state"],
-            actions=rng.uniform(-1, 1, (n - 1, 3)).astype(np.float32),
+            images=src["images"], proprio=src["state"], actions=actions,
             task_state=src["state"][:, :2].copy(), snapshots=rng.normal(size=(n, 5)),
             goal_image=src["images"][-1], goal_task_state=src["state"][-1, :2].copy(), seed=100 + i, index=i,
         ))  # fmt: skip

@@ -114,6 +114,22 @@ def test_missing_state_key_lists_numeric_features(tmp_path, v21):
         import_dataset(_cfg(v21, tmp_path / "out", state="observation.joints"))
 
 
+def test_stats_narrower_than_data_are_widened(tmp_path, v21, episodes):
+    import shutil
+
+    src = tmp_path / "narrow"
+    shutil.copytree(v21, src)
+    lines = [json.loads(x) for x in (src / "meta/episodes_stats.jsonl").read_text().splitlines()]
+    for line in lines:
+        line["stats"]["action"]["max"][0] = -10.0  # claims a max below every recorded dx
+    (src / "meta/episodes_stats.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    store = import_dataset(_cfg(src, tmp_path / "store"))
+    assert store.meta.action_spec["bounds_source"].endswith("widened to the data min/max")
+    dx = np.concatenate([e["action"][:-1, 0] for e in episodes])
+    assert store.meta.action_spec["high"][0] == pytest.approx(dx.max(), abs=1e-6)
+    _check_against_source(store, episodes)
+
+
 def test_unsupported_version(tmp_path, v21):
     import shutil
 

@@ -97,7 +97,8 @@ def run(cfg: ImportConfig) -> None:
         raise SystemExit(f"planner import: {exc}") from exc
     m = store.meta
     print(
-        f"imported {len(store)} episodes ({m.env_id} {m.env_kwargs.get('codebase_version', '')}) into "
+        f"imported {len(store)} episodes ({m.env_id} {m.env_kwargs.get('codebase_version', '')}".rstrip()
+        + f") into "
         f"{store.path}: images {m.image_size}px from {m.env_kwargs['camera']}, action dim "
         f"{m.action_dim} (bounds: {m.action_spec['bounds_source']}), proprio dim {m.proprio_spec['dim']}, "
         f"{m.control_hz:g} Hz"

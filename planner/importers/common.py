@@ -113,8 +113,11 @@ def action_bounds(source: Source, progress: bool = True) -> tuple[np.ndarray, np
             raise DatasetImportError(
                 f"{where}: action bounds have shape {d_low.shape}/{d_high.shape}, the data {low.shape}"
             )
-        widened = bool(np.any(low < d_low) or np.any(high > d_high))
-        low, high = np.minimum(low, d_low), np.maximum(high, d_high)
+        # float32 storage of a value at a float64 bound may overshoot it by one float32 ulp: not a widening
+        tol = 1e-6 * np.maximum(1.0, np.maximum(np.abs(d_low), np.abs(d_high)))
+        widened = bool(np.any(low < d_low - tol) or np.any(high > d_high + tol))
+        low = np.where(low < d_low - tol, low, d_low)
+        high = np.where(high > d_high + tol, high, d_high)
         origin = where + (" widened to the data min/max" if widened else "")
     flat = high - low < 1e-12
     half = DEGENERATE_HALF_RANGE * np.maximum(1.0, np.abs(low))
