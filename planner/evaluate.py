@@ -1,0 +1,357 @@
+"""`planner eval`: closed-loop MPC on seeded episodes (DESIGN 3 JSON contract, DESIGN 4 protocol).
+
+Episode i resets the env with `episode_seed(seed, i, "eval")` (never a collection seed), encodes the goal
+image from the reset info once, then replans every `replan_every` steps for at most the task's step budget.
+Success rule (the strict one): the episode ends at the step budget, or earlier when the agent reports
+`goal_reached` (its current latent is within the checkpoint's energy threshold of the goal); it is a
+success only if the task distance at that end is within the task's success threshold. Passing through
+the goal and leaving again does not count.
+
+Baselines (`--baselines`), on the same seeds: `random` (uniform random actions for the whole budget; the
+floor) and `simulator` (the same solver, planning with the true physics: restore the snapshot, simulate
+each candidate without rendering, cost = task distance after the last action; the ceiling for that
+budget). The simulator is slow (a Python loop over samples x iterations x horizon physics steps), so it
+has its own budget options (`sim_*`); what was run is recorded in its JSON block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planner.mpc import DEFAULT_HORIZON, MPCAgent, pad_history
+from planner.preprocess import Preprocessing, preprocess_image
+from planner.seeding import episode_seed
+from planner.solvers import SOLVERS, make_solver, shift_plan, solve, with_budget
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a checkpoint by closed-loop planning in its environment."""
+
+    checkpoint: str
+    """Checkpoint directory (config.json + model.safetensors)."""
+    env: str | None = None
+    """Env id (ArmReach-v0, ..., gym:<id>); default: the env the checkpoint was trained on."""
+    env_kwargs: str = "{}"
+    """JSON object of env keyword arguments, merged over those the checkpoint was trained with."""
+    camera_offset: tuple[float, float, float] | None = None
+    """Shift the camera by (x, y, z) metres (robustness check, e.g. 0.02 0 0); reported in the JSON."""
+    episodes: int = 50
+    """Number of seeded evaluation episodes."""
+    seed: int = 0
+    """Base seed; episode i uses episode_seed(seed, i, "eval")."""
+    solver: str = "cem"
+    """Solver: cem | icem | mppi | cmaes | gd."""
+    samples: int | None = None
+    """Candidates per iteration (default: the solver's default)."""
+    iterations: int | None = None
+    """Solver iterations (default: the solver's default)."""
+    horizon: int = DEFAULT_HORIZON
+    """Planning horizon in control steps."""
+    replan_every: int = 1
+    """Execute this many planned actions before replanning."""
+    max_steps: int | None = None
+    """Cap on steps per episode below the task's step budget (smoke tests); default: the budget."""
+    baselines: bool = False
+    """Also run the random and true-simulator baselines on the same seeds."""
+    sim_samples: int = 64
+    """Simulator baseline: candidates per iteration (physics is a Python loop; keep it small)."""
+    sim_iterations: int = 3
+    """Simulator baseline: solver iterations."""
+    sim_horizon: int = 10
+    """Simulator baseline: planning horizon."""
+    sim_episodes: int | None = None
+    """Simulator baseline: number of episodes (the first N seeds; default: all)."""
+    json: str | None = None
+    """Write the results object to this path (atomically)."""
+    video: str | None = None
+    """Write one video per episode to this directory (camera | goal | energy curve)."""
+    video_format: str = "mp4"
+    """mp4 or gif."""
+    device: str = "cpu"
+    """Torch device for the model and solver (cpu, cuda, cuda:1)."""
+    progress: bool = True
+    """Show tqdm progress bars."""
+
+
+def _parse_kwargs(text: str) -> dict:
+    try:
+        kw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--env-kwargs must be a JSON object, e.g. '{{\"image_size\": 64}}': {e}") from e
+    if not isinstance(kw, dict):
+        raise ValueError(f"--env-kwargs must be a JSON object, got {type(kw).__name__}")
+    return kw
+
+
+def _validate(cfg: EvalConfig) -> None:
+    if cfg.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if cfg.solver not in SOLVERS:
+        raise ValueError(f"unknown --solver {cfg.solver!r}; choose one of: {', '.join(SOLVERS)}")
+    if cfg.replan_every < 1 or cfg.replan_every > cfg.horizon:
+        raise ValueError(f"--replan-every must be in 1..horizon ({cfg.horizon}), got {cfg.replan_every}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {cfg.max_steps}")
+    if cfg.video_format not in ("mp4", "gif"):
+        raise ValueError(f"--video-format must be mp4 or gif, got {cfg.video_format!r}")
+    if cfg.sim_episodes is not None and cfg.sim_episodes < 1:
+        raise ValueError(f"--sim-episodes must be >= 1, got {cfg.sim_episodes}")
+
+
+# -------------------------------------------------------------------------------------------- physics
+
+
+def physics_step(env, action: np.ndarray) -> None:
+    """Advance the physics by one control step with a normalized action, without rendering."""
+    u = env.unwrapped
+    a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+    if hasattr(u, "_apply_action"):  # our ArmEnv: controller + substeps, exactly as ArmEnv.step
+        import mujoco
+
+        from envs.arm import N_SUBSTEPS
+
+        u._apply_action(a)
+        for _ in range(N_SUBSTEPS):
+            mujoco.mj_step(u.model, u.data)
+        mujoco.mj_forward(u.model, u.data)
+    elif hasattr(u, "_inner_step"):  # gym adapter: the wrapped env's own step, no render
+        u._inner_step(u.denormalize_action(a.astype(np.float32)))
+    else:
+        raise ValueError(f"the simulator baseline cannot step {type(u).__name__} without rendering")
+
+
+def simulator_objective(env, snapshot: np.ndarray):
+    """objective(actions float[1,S,H,A]) -> cost float[1,S]: task distance after simulating each candidate."""
+
+    def objective(actions: torch.Tensor) -> torch.Tensor:
+        acts = actions.detach().cpu().numpy()[0]
+        cost = np.empty(acts.shape[0])
+        u = env.unwrapped
+        for s, seq in enumerate(acts):
+            u.set_snapshot(snapshot)
+            for a in seq:
+                physics_step(env, a)
+            cost[s] = u.distance()
+        u.set_snapshot(snapshot)
+        return torch.as_tensor(cost, dtype=torch.float32)[None]
+
+    return objective
+
+
+# ------------------------------------------------------------------------------------------- episodes
+
+
+def _summary(records: list[dict]) -> dict:
+    plan_ms = [m for r in records for m in r.pop("_plan_ms", [])]
+    return dict(
+        success_rate=float(np.mean([r["success"] for r in records])),
+        mean_final_distance=float(np.mean([r["final_distance"] for r in records])),
+        plan_ms_median=float(np.median(plan_ms)) if plan_ms else 0.0,
+        plan_ms_p95=float(np.percentile(plan_ms, 95)) if plan_ms else 0.0,
+        per_episode=records,
+    )
+
+
+def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, steps: int, replan_every: int,
+                      keep_frames: bool = False) -> dict:
+    """One closed-loop MPC episode; returns its record (plus `_frames`, `_goal` when keep_frames)."""
+    u = env.unwrapped
+    obs, info = env.reset(seed=seed)
+    goal = preprocess_image(info["goal_image"], rule)
+    z_goal = agent.encode_goal(goal)[None]
+    zero = agent.action_spec.to_native(np.zeros(agent.action_spec.dim, np.float32))
+    frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
+    plan_ms, energies, reached = [], [], False
+    start_distance = float(info["distance"])
+    t = 0
+    for t in range(steps):
+        if not queue:
+            imgs, prev = pad_history(frames, acts, agent.history_len, zero)
+            plan = agent.plan(imgs[None], prev[None], z_goal, warm, executed_steps=replan_every,
+                              seed=(seed + 7919 * t) % (2**63))
+            plan_ms.append(plan.plan_ms)
+            energies.append(float(plan.current_energy[0]))
+            if plan.goal_reached[0]:
+                reached = True
+                break
+            warm = plan.warm_start
+            queue = list(range(replan_every))
+            planned_norm, planned_native = plan.actions_normalized[0], plan.actions[0]
+        i = queue.pop(0)
+        obs, _, _, _, info = env.step(planned_norm[i])
+        frames.append(preprocess_image(obs["image"], rule))
+        acts.append(planned_native[i])
+        if not keep_frames and len(frames) > agent.history_len:
+            frames.pop(0)
+    else:
+        t = steps
+    final = float(u.distance())
+    rec = dict(
+        seed=int(seed),
+        success=bool(final <= u.task.success_threshold),
+        final_distance=final,
+        start_distance=start_distance,
+        steps=int(t),
+        stopped_by_goal_reached=reached,
+        energy_curve=energies,
+        _plan_ms=plan_ms,
+    )
+    if keep_frames:
+        rec["_frames"], rec["_goal"] = frames, goal
+    return rec
+
+
+def run_random_episode(env, seed: int, steps: int) -> dict:
+    """Uniform random normalized actions for the whole budget (the floor)."""
+    u = env.unwrapped
+    _, info = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    start = float(info["distance"])
+    for _ in range(steps):
+        physics_step(env, rng.uniform(-1.0, 1.0, u.action_space.shape))
+    final = float(u.distance())
+    return dict(seed=int(seed), success=bool(final <= u.task.success_threshold), final_distance=final,
+                start_distance=start, steps=steps, _plan_ms=[])
+
+
+def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int) -> dict:
+    """The solver planning on the true physics (no rendering), replanning every step (the ceiling)."""
+    u = env.unwrapped
+    _, info = env.reset(seed=seed)
+    start = float(info["distance"])
+    a_dim = u.action_space.shape[0]
+    gen = torch.Generator().manual_seed(seed % (2**63))
+    init, plan_ms = None, []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        snap = u.get_snapshot()
+        sol = solve(simulator_objective(env, snap), solver_cfg, batch=1, horizon=horizon, action_dim=a_dim,
+                    init=init, generator=gen)
+        plan_ms.append((time.perf_counter() - t0) * 1e3)
+        physics_step(env, sol.actions[0, 0].numpy())
+        init = shift_plan(sol.state, 1)
+    final = float(u.distance())
+    return dict(seed=int(seed), success=bool(final <= u.task.success_threshold), final_distance=final,
+                start_distance=start, steps=steps, _plan_ms=plan_ms)
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the evaluation; returns the DESIGN 3 results object (and writes JSON / videos if asked)."""
+    from tqdm import tqdm
+
+    from envs import make_env
+    from planner.checkpoint import file_sha256, load
+
+    _validate(cfg)
+    loaded = load(cfg.checkpoint, cfg.device)
+    ck = loaded.config
+    train = ck.get("training_data", {})
+    env_id = cfg.env or train.get("env_id")
+    if not env_id:
+        raise ValueError(f"{cfg.checkpoint}/config.json names no training env; pass --env")
+    env_kwargs = {**train.get("env_kwargs", {}), **_parse_kwargs(cfg.env_kwargs)}
+    if cfg.camera_offset is not None:
+        env_kwargs["camera_offset"] = list(cfg.camera_offset)
+    env = make_env(env_id, **env_kwargs)
+    task = env.unwrapped.task
+    steps = task.step_budget if cfg.max_steps is None else min(cfg.max_steps, task.step_budget)
+    rule = Preprocessing.from_dict(ck["image"].get("preprocessing", {"size": ck["image"]["size"]}))
+    solver_cfg = with_budget(make_solver(cfg.solver), samples=cfg.samples, iterations=cfg.iterations)
+    agent = MPCAgent(loaded, solver_cfg, horizon=cfg.horizon, device=cfg.device)
+    seeds = [episode_seed(cfg.seed, i, "eval") for i in range(cfg.episodes)]
+    video_dir = Path(cfg.video) if cfg.video else None
+    if video_dir:
+        video_dir.mkdir(parents=True, exist_ok=True)
+
+    records = []
+    for i, s in enumerate(tqdm(seeds, desc=f"eval {cfg.solver}", disable=not cfg.progress)):
+        keep = video_dir is not None
+        rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep)
+        rec["index"] = i
+        if video_dir:
+            from planner.video import write_episode_video
+
+            write_episode_video(video_dir / f"episode_{i:03d}.{cfg.video_format}", rec.pop("_frames"),
+                                rec.pop("_goal"), rec["energy_curve"], agent.goal_energy_threshold)
+        records.append(rec)
+
+    def common(samples, iterations, horizon, n):
+        return dict(samples=samples, iterations=iterations, horizon=horizon, episodes=n)
+
+    result = dict(
+        env=env_id,
+        env_kwargs=env_kwargs,
+        camera_offset=list(cfg.camera_offset) if cfg.camera_offset is not None else None,
+        checkpoint=loaded.name,
+        checkpoint_path=str(cfg.checkpoint),
+        checkpoint_sha256=file_sha256(Path(cfg.checkpoint) / "model.safetensors"),
+        solver=cfg.solver,
+        **common(solver_cfg.samples, solver_cfg.iterations, cfg.horizon, cfg.episodes),
+        seed=cfg.seed,
+        success_threshold=task.success_threshold,
+        step_budget=steps,
+        replan_every=cfg.replan_every,
+        goal_energy_threshold=agent.goal_energy_threshold,
+        success_rule="distance <= success_threshold at the end (step budget, or when goal_reached stops MPC)",
+        device=str(cfg.device),
+        **_summary(records),
+    )
+    if cfg.baselines:
+        rand = [run_random_episode(env, s, steps) for s in tqdm(seeds, desc="baseline random",
+                                                                 disable=not cfg.progress)]
+        sim_cfg = make_solver(cfg.solver, samples=cfg.sim_samples, iterations=cfg.sim_iterations)
+        sim_seeds = seeds[: cfg.sim_episodes] if cfg.sim_episodes else seeds
+        t0 = time.perf_counter()
+        sim = [run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps)
+               for s in tqdm(sim_seeds, desc="baseline simulator", disable=not cfg.progress)]
+        sim_s = time.perf_counter() - t0
+        result["baselines"] = dict(
+            random=dict(solver="random", **common(0, 0, 0, len(rand)), **_summary(rand)),
+            simulator=dict(solver=cfg.solver, **common(cfg.sim_samples, cfg.sim_iterations, cfg.sim_horizon,
+                                                       len(sim)), wall_s=sim_s, **_summary(sim)),
+        )
+    env.close()
+    if cfg.json:
+        write_json_atomic(cfg.json, result)
+    return result
+
+
+def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
+    """Write JSON to a temp file in the same directory, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(cfg: EvalConfig) -> None:
+    res = evaluate(cfg)
+    line = (f"{res['env']} {res['checkpoint']} {res['solver']} S={res['samples']} I={res['iterations']} "
+            f"H={res['horizon']}: success {res['success_rate']:.0%} over {res['episodes']} episodes, "
+            f"final distance {res['mean_final_distance']:.3f} m, plan {res['plan_ms_median']:.1f} ms "
+            f"(p95 {res['plan_ms_p95']:.1f})")
+    print(line)
+    for name, b in res.get("baselines", {}).items():
+        print(f"  baseline {name}: success {b['success_rate']:.0%} over {b['episodes']}, final distance "
+              f"{b['mean_final_distance']:.3f} m, plan {b['plan_ms_median']:.1f} ms")
+    if cfg.json:
+        print(f"wrote {cfg.json}")

@@ -1,0 +1,110 @@
+"""`planner eval` end to end on a tiny randomly-initialised real model and the real ArmReach-v0 env."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from planner.checkpoint import save
+from planner.evaluate import EvalConfig, evaluate, physics_step
+from planner.world_model import WorldModel, WorldModelConfig
+
+CONTRACT_KEYS = {
+    "env", "checkpoint", "checkpoint_sha256", "solver", "samples", "iterations", "horizon", "episodes",
+    "seed", "success_threshold", "step_budget", "success_rate", "mean_final_distance", "plan_ms_median",
+    "plan_ms_p95", "per_episode",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    arch = WorldModelConfig(image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
+                            pred_hidden=16)
+    config = {
+        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
+        "action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0], "units": "m, gripper"},
+        "history_len": 2,
+        "goal_energy_threshold": 0.0,
+        "training_data": {"env_id": "ArmReach-v0", "env_kwargs": {"image_size": 32}},
+    }
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save(path, WorldModel(arch).eval(), config)
+    return path
+
+
+def test_eval_json_has_contract_keys(tiny_ckpt, tmp_path):
+    out = tmp_path / "eval.json"
+    cfg = EvalConfig(checkpoint=str(tiny_ckpt), episodes=2, max_steps=3, samples=8, iterations=2, horizon=3,
+                     baselines=True, sim_samples=4, sim_iterations=1, sim_horizon=2, sim_episodes=1,
+                     json=str(out), progress=False)
+    res = evaluate(cfg)
+    on_disk = json.loads(out.read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    assert set(on_disk) >= CONTRACT_KEYS
+    assert on_disk["env"] == "ArmReach-v0" and on_disk["step_budget"] == 3 and on_disk["episodes"] == 2
+    assert len(on_disk["checkpoint_sha256"]) == 64 and on_disk["checkpoint"].startswith("tiny@")
+    assert on_disk["success_threshold"] == pytest.approx(0.05)
+    eps = on_disk["per_episode"]
+    assert len(eps) == 2 and eps[0]["seed"] != eps[1]["seed"]
+    assert all(e["steps"] == 3 and len(e["energy_curve"]) == 3 for e in eps)
+    assert on_disk["plan_ms_median"] > 0 and on_disk["plan_ms_p95"] >= on_disk["plan_ms_median"]
+    for name in ("random", "simulator"):
+        b = on_disk["baselines"][name]
+        assert CONTRACT_KEYS - {"env", "checkpoint", "checkpoint_sha256", "seed", "success_threshold",
+                                "step_budget"} <= set(b)
+    assert on_disk["baselines"]["simulator"]["episodes"] == 1
+    # the start states are at least the task's minimum start distance from the goal: seeded, not trivial
+    assert all(e["start_distance"] >= 0.15 - 1e-6 for e in eps)
+    again = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=2, max_steps=3, samples=8, iterations=2,
+                                horizon=3, progress=False))
+    assert [e["final_distance"] for e in again["per_episode"]] == [e["final_distance"] for e in eps]
+
+
+def test_eval_writes_video(tiny_ckpt, tmp_path):
+    evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, samples=4, iterations=1,
+                        horizon=2, video=str(tmp_path / "vid"), video_format="gif", progress=False))
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(tmp_path / "vid" / "episode_000.gif")
+    assert len(frames) == 3 and frames[0].shape[-1] in (3, 4)
+
+
+def test_simulator_step_matches_env_step():
+    """physics_step (no rendering) advances exactly as env.step does."""
+    from envs import make_env
+
+    env = make_env("ArmReach-v0", image_size=16)
+    env.reset(seed=1)
+    snap = env.unwrapped.get_snapshot()
+    a = np.array([0.5, -0.3, 0.2, 1.0], np.float32)
+    env.step(a)
+    after_step = env.unwrapped.task_state().copy()
+    env.unwrapped.set_snapshot(snap)
+    physics_step(env, a)
+    np.testing.assert_allclose(env.unwrapped.task_state(), after_step, atol=1e-9)
+    env.close()
+
+
+def test_eval_rejects_bad_options(tiny_ckpt):
+    with pytest.raises(ValueError, match="unknown --solver"):
+        evaluate(EvalConfig(checkpoint=str(tiny_ckpt), solver="adam", progress=False))
+    with pytest.raises(ValueError, match="--env-kwargs must be a JSON object"):
+        evaluate(EvalConfig(checkpoint=str(tiny_ckpt), env_kwargs="image_size=3", episodes=1, progress=False))
+    with pytest.raises(ValueError, match="samples must be between"):
+        evaluate(EvalConfig(checkpoint=str(tiny_ckpt), samples=0, episodes=1, progress=False))
+
+
+def test_bench_reports_latency_throughput_and_matmul_fraction(tiny_ckpt, tmp_path):
+    from planner.bench import BenchConfig, bench
+
+    res = bench(BenchConfig(checkpoint=str(tiny_ckpt), solvers=("cem", "icem"), horizon=2, repeats=2,
+                            sample_counts=(4, 16), matmul_size=64))
+    assert set(res["planning_latency"]) == {"cem", "icem"}
+    assert all(r["plan_ms_p95"] >= r["plan_ms_median"] > 0 for r in res["planning_latency"].values())
+    assert res["predictor_flops_per_candidate_step"] > 0 and res["matmul"]["flops_per_s"] > 0
+    assert [t["samples"] for t in res["rollouts"]] == [4, 16]
+    assert all(t["candidate_steps_per_s"] > 0 and t["fraction_of_matmul"] > 0 for t in res["rollouts"])
+    with pytest.raises(ValueError, match="unknown solver"):
+        bench(BenchConfig(checkpoint=str(tiny_ckpt), solvers=("adam",)))
