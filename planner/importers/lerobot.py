@@ -131,6 +131,10 @@ class LeRobotSource:
         self.features: dict = self.info["features"]
         self.fps = float(self.info["fps"])
         self.camera = self._pick_camera(camera)
+        if self.features[self.camera].get("dtype") == "video" and not self.info.get("video_path"):
+            raise DatasetImportError(
+                f"{info_path}: {self.camera!r} is a video feature but video_path is not set"
+            )
         self.state_keys = self._pick_vectors(state, "observation.state", "--state")
         self.action_key = self._pick_vectors(action, "action", "--action")[0]
         self.env_state_key = ENV_STATE_KEY if ENV_STATE_KEY in self.features else None
