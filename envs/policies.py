@@ -1,7 +1,8 @@
 """Data-collection policies: `random`, `explore`, `scripted`, and a coverage report for them.
 
 `make_policy(name, env, seed) -> Policy`; a Policy has `reset()` (new episode) and `__call__(obs) ->
-float32[4]` (normalized action) and draws randomness only from its own generator.
+float32[A]` (normalized action) and draws randomness only from its own generator. `explore` on an env
+that is not our arm (a `gym:` env) is temporally correlated noise over its whole action space.
 
     MUJOCO_GL=egl python -m envs.policies --env ArmPush-v0 --policy explore --episodes 20
 prints `coverage_report` as JSON.
@@ -14,22 +15,46 @@ import json
 
 import numpy as np
 
-from envs.arm import MAX_STEP_M, WORKSPACE_HIGH, WORKSPACE_LOW
+from envs.arm import MAX_STEP_M, WORKSPACE_HIGH, WORKSPACE_LOW, ArmEnv
 
 POLICIES = ("random", "explore", "scripted")
 
 
 class RandomPolicy:
-    """Uniform actions in [-1, 1]^4, independent across steps."""
+    """Uniform actions in [-1, 1]^A, independent across steps."""
 
     def __init__(self, env, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
+        self.shape = env.action_space.shape
 
     def reset(self) -> None:
         pass
 
     def __call__(self, obs) -> np.ndarray:
-        return self.rng.uniform(-1.0, 1.0, 4).astype(np.float32)
+        return self.rng.uniform(-1.0, 1.0, self.shape).astype(np.float32)
+
+
+class CorrelatedNoisePolicy:
+    """Exploration for envs we know nothing about: per segment of 5-25 steps a random mean action, plus
+    Ornstein-Uhlenbeck noise, clipped to [-1, 1]^A (smooth motion that travels, unlike uniform noise)."""
+
+    def __init__(self, env, seed: int, noise: float = 0.35) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.dim = int(np.prod(env.action_space.shape))
+        self.noise = noise
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps_left = 0
+        self.ou = np.zeros(self.dim)
+
+    def __call__(self, obs) -> np.ndarray:
+        if self.steps_left <= 0:
+            self.steps_left = int(self.rng.integers(5, 26))
+            self.mean = self.rng.uniform(-0.8, 0.8, self.dim)
+        self.steps_left -= 1
+        self.ou = 0.7 * self.ou + self.rng.normal(0.0, self.noise, self.dim)
+        return np.clip(self.mean + self.ou, -1.0, 1.0).astype(np.float32)
 
 
 class ScriptedPolicy:
@@ -99,7 +124,9 @@ class ExplorePolicy:
 
 def make_policy(name: str, env, seed: int):
     """Policy by name: `random`, `explore` or `scripted`; `env` is the env it will act in."""
-    classes = dict(random=RandomPolicy, explore=ExplorePolicy, scripted=ScriptedPolicy)
+    is_arm = isinstance(env.unwrapped, ArmEnv)
+    classes = dict(random=RandomPolicy, explore=ExplorePolicy if is_arm else CorrelatedNoisePolicy,
+                   scripted=ScriptedPolicy)
     if name not in classes:
         raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)}")
     return classes[name](env, int(seed))

@@ -59,3 +59,20 @@ def test_coverage_report_explore_moves_block_and_covers_workspace():
 def test_coverage_report_validates():
     with pytest.raises(ValueError, match="episodes and cells must be >= 1"):
         coverage_report("ArmReach-v0", episodes=0)
+
+
+@pytest.mark.parametrize("name", ["random", "explore"])
+def test_policies_act_in_the_action_space_of_third_party_envs(name):
+    env = envs.make_env("gym:Reacher-v5")
+    policy = make_policy(name, env, seed=3)
+    obs, _ = env.reset(seed=3)
+    actions = []
+    for _ in range(12):
+        a = policy(obs)
+        assert a.shape == env.action_space.shape and env.action_space.contains(a)
+        actions.append(a)
+        obs, *_ = env.step(a)
+    if name == "explore":  # temporally correlated: consecutive actions closer than independent draws
+        steps = np.linalg.norm(np.diff(actions, axis=0), axis=1).mean()
+        assert steps < 0.8
+    env.close()
