@@ -41,6 +41,9 @@ class BenchConfig:
     """Side of the square fp32 matmul used to measure this machine's FLOP/s."""
     device: str = "cpu"
     """Torch device (cpu, cuda, cuda:1)."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice). On a loaded shared machine 1 is much faster (measured
+    30x for CEM with 2 threads on 2 busy cores: idle threads spin-wait); see docs/PLANNING.md."""
     seed: int = 0
     """Seed for the random inputs and the solvers."""
 
@@ -95,6 +98,10 @@ def bench(cfg: BenchConfig) -> dict:
     unknown = [s for s in cfg.solvers if s not in SOLVERS]
     if unknown:
         raise ValueError(f"unknown solver(s) {unknown}; choose from {list(SOLVERS)}")
+    if cfg.threads is not None:
+        if cfg.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+        torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     loaded = load(cfg.checkpoint, device)
     model = loaded.model

@@ -78,6 +78,9 @@ class EvalConfig:
     """mp4 or gif."""
     device: str = "cpu"
     """Torch device for the model and solver (cpu, cuda, cuda:1)."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice). On a loaded shared machine 1 is much faster (measured
+    30x for CEM with 2 threads on 2 busy cores: idle threads spin-wait); see docs/PLANNING.md."""
     progress: bool = True
     """Show tqdm progress bars."""
 
@@ -255,6 +258,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     from planner.checkpoint import file_sha256, load
 
     _validate(cfg)
+    if cfg.threads is not None:
+        if cfg.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+        torch.set_num_threads(cfg.threads)
     loaded = load(cfg.checkpoint, cfg.device)
     ck = loaded.config
     train = ck.get("training_data", {})
@@ -306,6 +313,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         goal_energy_threshold=agent.goal_energy_threshold,
         success_rule="distance <= success_threshold at the end (step budget, or when goal_reached stops MPC)",
         device=str(cfg.device),
+        threads=torch.get_num_threads(),
         **_summary(records),
     )
     if cfg.baselines:
