@@ -28,6 +28,8 @@ CARD_FILE = "card.md"
 # A model class used with `save` must have a `model_type` attribute and `cfg.to_dict()`.
 MODEL_TYPES: dict[str, str] = {
     "jepa": "planner.checkpoint:build_jepa",
+    "pixel": "planner.pixel_model:build_pixel",  # generative comparison model (docs/COMPARISON.md)
+    "gcbc": "planner.gcbc:build_gcbc",  # goal-conditioned behaviour cloning policy (docs/COMPARISON.md)
 }
 
 REQUIRED_KEYS = ("format_version", "model_type", "architecture", "image", "action", "history_len")
@@ -223,7 +225,8 @@ def render_card(config: dict, name: str, commands: list[str] | None = None) -> s
     lines = [
         f"# {name}",
         "",
-        f"A `{config.get('model_type')}` latent world model for goal-image planning "
+        config.get("description")
+        or f"A `{config.get('model_type')}` latent world model for goal-image planning "
         f"(encode a {config['image']['size']}x{config['image']['size']} RGB image to a latent, predict the "
         f"next latent from {config['history_len']} latents and actions). Plan by minimising the L2 distance "
         "between the imagined final latent and the goal image's latent.",

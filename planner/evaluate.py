@@ -20,13 +20,14 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from planner.mpc import DEFAULT_HORIZON, MPCAgent, pad_history
+from planner.objectives import ObjectiveConfig
 from planner.preprocess import Preprocessing, preprocess_image
 from planner.seeding import episode_seed
 from planner.solvers import SOLVERS, make_solver, shift_plan, solve, with_budget
@@ -58,8 +59,16 @@ class EvalConfig:
     """Planning horizon in control steps."""
     replan_every: int = 1
     """Execute this many planned actions before replanning."""
+    objective_space: str = "latent"
+    """Planning cost: `latent` (distance to the goal latent) or `pixel` (distance between decoded frames;
+    pixel checkpoints only, docs/COMPARISON.md)."""
+    objective_reduce: str | None = None
+    """Over the horizon: final | mean | weighted (default: planner.objectives.ObjectiveConfig's)."""
     max_steps: int | None = None
     """Cap on steps per episode below the task's step budget (smoke tests); default: the budget."""
+    stop_on_goal: bool = True
+    """End an episode when the agent reports goal_reached (the protocol); --no-stop-on-goal runs the full
+    budget, which separates a loose goal threshold from planning quality."""
     baselines: bool = False
     """Also run the random and true-simulator baselines on the same seeds."""
     sim_samples: int = 64
@@ -165,7 +174,7 @@ def _summary(records: list[dict]) -> dict:
 
 
 def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, steps: int, replan_every: int,
-                      keep_frames: bool = False) -> dict:
+                      keep_frames: bool = False, stop_on_goal: bool = True) -> dict:
     """One closed-loop MPC episode; returns its record (plus `_frames`, `_goal` when keep_frames)."""
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
@@ -183,7 +192,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
                               seed=(seed + 7919 * t) % (2**63))
             plan_ms.append(plan.plan_ms)
             energies.append(float(plan.current_energy[0]))
-            if plan.goal_reached[0]:
+            if plan.goal_reached[0] and stop_on_goal:
                 reached = True
                 break
             warm = plan.warm_start
@@ -250,6 +259,21 @@ def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int) 
 # ----------------------------------------------------------------------------------------------- run
 
 
+def make_agent(loaded, cfg: EvalConfig, solver_cfg):
+    """The acting agent for a loaded checkpoint: MPCAgent for world models (jepa, pixel); for gcbc the
+    policy itself (planner.gcbc.PolicyAgent: same interface, acts every step, no planning)."""
+    if loaded.config["model_type"] == "gcbc":
+        from planner.gcbc import PolicyAgent
+
+        if cfg.replan_every != 1:
+            raise ValueError(f"--replan-every must be 1 for a gcbc checkpoint (the policy acts every step), "
+                             f"got {cfg.replan_every}")
+        return PolicyAgent(loaded, device=cfg.device)
+    kw = {} if cfg.objective_reduce is None else {"reduce": cfg.objective_reduce}
+    objective = ObjectiveConfig(space=cfg.objective_space, **kw)
+    return MPCAgent(loaded, solver_cfg, horizon=cfg.horizon, objective=objective, device=cfg.device)
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluation; returns the DESIGN 3 results object (and writes JSON / videos if asked)."""
     from tqdm import tqdm
@@ -276,7 +300,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     steps = task.step_budget if cfg.max_steps is None else min(cfg.max_steps, task.step_budget)
     rule = Preprocessing.from_dict(ck["image"].get("preprocessing", {"size": ck["image"]["size"]}))
     solver_cfg = with_budget(make_solver(cfg.solver), samples=cfg.samples, iterations=cfg.iterations)
-    agent = MPCAgent(loaded, solver_cfg, horizon=cfg.horizon, device=cfg.device)
+    agent = make_agent(loaded, cfg, solver_cfg)
+    is_policy = ck["model_type"] == "gcbc"
     seeds = [episode_seed(cfg.seed, i, "eval") for i in range(cfg.episodes)]
     video_dir = Path(cfg.video) if cfg.video else None
     if video_dir:
@@ -285,7 +310,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     records = []
     for i, s in enumerate(tqdm(seeds, desc=f"eval {cfg.solver}", disable=not cfg.progress)):
         keep = video_dir is not None
-        rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep)
+        rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep,
+                                stop_on_goal=cfg.stop_on_goal)
         rec["index"] = i
         if video_dir:
             from planner.video import write_episode_video
@@ -304,14 +330,18 @@ def evaluate(cfg: EvalConfig) -> dict:
         checkpoint=loaded.name,
         checkpoint_path=str(cfg.checkpoint),
         checkpoint_sha256=file_sha256(Path(cfg.checkpoint) / "model.safetensors"),
-        solver=cfg.solver,
-        **common(solver_cfg.samples, solver_cfg.iterations, cfg.horizon, cfg.episodes),
+        solver="policy" if is_policy else cfg.solver,
+        **(common(0, 0, 1, cfg.episodes) if is_policy else
+           common(solver_cfg.samples, solver_cfg.iterations, cfg.horizon, cfg.episodes)),
+        model_type=ck["model_type"],
+        objective=None if is_policy else asdict(agent.objective),
         seed=cfg.seed,
         success_threshold=task.success_threshold,
         step_budget=steps,
         replan_every=cfg.replan_every,
         goal_energy_threshold=agent.goal_energy_threshold,
-        success_rule="distance <= success_threshold at the end (step budget, or when goal_reached stops MPC)",
+        success_rule="distance <= success_threshold at the end (step budget, or when goal_reached stops MPC)"
+        if cfg.stop_on_goal else "distance <= success_threshold after the full step budget (no early stop)",
         device=str(cfg.device),
         threads=torch.get_num_threads(),
         **_summary(records),

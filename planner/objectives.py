@@ -15,6 +15,7 @@ import torch
 
 DISTANCES = ("l2", "l1")
 REDUCTIONS = ("final", "mean", "weighted")
+SPACES = ("latent", "pixel")
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,14 @@ class ObjectiveConfig:
     """Per-step weight decay backwards from the final step (only for reduce=weighted)."""
     smoothness: float = 0.0
     """Weight of the mean squared difference between consecutive actions (normalized units)."""
+    space: str = "latent"
+    """`latent`: distances between latents; `pixel`: between frames decoded from the imagined latents and
+    the decoded goal latent, per pixel (RMS for l2, mean for l1); needs a model with `decode` (model_type
+    pixel, planner.pixel_model)."""
 
     def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"objective space must be one of {SPACES}, got {self.space!r}")
         if self.distance not in DISTANCES:
             raise ValueError(f"objective distance must be one of {DISTANCES}, got {self.distance!r}")
         if self.reduce not in REDUCTIONS:
@@ -81,15 +88,27 @@ def make_objective(
     z_hist [B,K,D] latest latents, a_prev [B,K-1,A] normalized actions between them, z_goal [B,D].
     Differentiable in `actions` (for gradient-based solvers).
     """
-    goal = z_goal[:, None, None, :]  # [B,1,1,D]
+    if cfg.space == "pixel":
+        if not hasattr(model, "decode"):
+            raise ValueError(f"objective space 'pixel' needs a model with decode (a pixel checkpoint); "
+                             f"{type(model).__name__} has none: use space 'latent'")
+        with torch.no_grad():
+            goal = model.decode(z_goal).flatten(1)[:, None, None, :]  # [B,1,1,P]
+    else:
+        goal = z_goal[:, None, None, :]  # [B,1,1,D]
+
+    def distance(z: torch.Tensor) -> torch.Tensor:
+        """[B,S,H',D] -> [B,S,H'] in the objective's space."""
+        if cfg.space == "latent":
+            return latent_distance(z, goal, cfg.distance)
+        frames = model.decode(z.flatten(0, 2)).view(*z.shape[:3], -1)  # [B,S,H',P]
+        per_pixel = latent_distance(frames, goal, cfg.distance)
+        return per_pixel / (frames.shape[-1] ** 0.5 if cfg.distance == "l2" else frames.shape[-1])
 
     def objective(actions: torch.Tensor) -> torch.Tensor:
         z = model.rollout(z_hist, a_prev, actions)  # [B,S,H,D]
         w = horizon_weights(actions.shape[2], cfg, device=actions.device)
-        if cfg.reduce == "final":
-            cost = latent_distance(z[:, :, -1], goal[:, :, 0], cfg.distance)
-        else:
-            cost = (latent_distance(z, goal, cfg.distance) * w).sum(-1)
+        cost = distance(z[:, :, -1:])[:, :, 0] if cfg.reduce == "final" else (distance(z) * w).sum(-1)
         if cfg.smoothness > 0 and actions.shape[2] > 1:
             cost = cost + cfg.smoothness * actions.diff(dim=2).pow(2).sum(-1).mean(-1)
         return cost
