@@ -108,3 +108,23 @@ def test_bench_reports_latency_throughput_and_matmul_fraction(tiny_ckpt, tmp_pat
     assert all(t["candidate_steps_per_s"] > 0 and t["fraction_of_matmul"] > 0 for t in res["rollouts"])
     with pytest.raises(ValueError, match="unknown solver"):
         bench(BenchConfig(checkpoint=str(tiny_ckpt), solvers=("adam",)))
+
+
+def test_goal_reached_stops_episode_unless_disabled(tiny_ckpt, tmp_path):
+    """With a huge goal threshold the agent reports goal_reached at once: the episode ends there (strict
+    rule: judged by the distance at that moment), unless --no-stop-on-goal."""
+    import shutil
+
+    loose = tmp_path / "loose"
+    shutil.copytree(tiny_ckpt, loose)
+    cfg_path = loose / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["goal_energy_threshold"] = 1e9
+    cfg_path.write_text(json.dumps(cfg))
+    kw = dict(checkpoint=str(loose), episodes=1, max_steps=3, samples=4, iterations=1, horizon=2,
+              progress=False)
+    stopped = evaluate(EvalConfig(**kw))["per_episode"][0]
+    assert stopped["stopped_by_goal_reached"] and stopped["steps"] == 0 and not stopped["success"]
+    assert stopped["final_distance"] == pytest.approx(stopped["start_distance"])
+    full = evaluate(EvalConfig(**kw, stop_on_goal=False))["per_episode"][0]
+    assert not full["stopped_by_goal_reached"] and full["steps"] == 3
