@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train-baseline": ("planner.train_baselines", "BaselineTrainConfig"),
     "eval": ("planner.evaluate", "EvalConfig"),
     "bench": ("planner.bench", "BenchConfig"),
+    "surprise": ("planner.surprise", "SurpriseConfig"),
 }
 
 

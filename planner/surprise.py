@@ -1,0 +1,381 @@
+"""`planner surprise`: physical-surprise detection with the world model's prediction error (docs/SURPRISE.md).
+
+Per-step surprise of a clip (frames uint8 [T+1,H,W,3], actions [T,A] normalized): for every step t,
+    errors[t] = ||predict(z[t-K+1..t], a[t-K+1..t]) - z[t+1]||^2
+(K = history length; before K frames exist the first latent repeats and the missing actions are zero, as
+the MPC pads), normalised by the model's typical error (median per-step error over possible clips, from a
+calibration set disjoint from the evaluation clips). Steps t < K-1 have padded context and are left out
+of the clip score (max over the remaining steps) and of the flags.
+
+The command generates matched possible / impossible clips (envs.impossible) and reports, for our model and
+two baselines (pixel difference, and the same architecture untrained), the clip-level AUROC, the pairwise
+accuracy (impossible clip scores above its matched possible clip) and the fraction of impossible clips
+whose peak step lies within one step of the violation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.impossible import KINDS, ClipConfig, mean_pixel_change
+from planner.preprocess import images_to_model_input
+
+DEFAULT_FLAG_THRESHOLD = 10.0
+"""Flag a step whose error is this many typical errors (used when no calibrated threshold is given)."""
+TARGETS = {"auroc": 0.95, "pairwise_accuracy": 0.95, "peak_within_1": 0.90}
+"""Targets on the push task (docs/SURPRISE.md)."""
+
+
+@dataclass
+class SurpriseConfig:
+    """Physical-surprise benchmark: matched possible / impossible clips, our model against two baselines."""
+
+    checkpoint: Path
+    """Checkpoint directory (config.json + model.safetensors)."""
+    env: str
+    """Block task to generate clips in: ArmPush-v0 or ArmPickPlace-v0."""
+    episodes: int = 20
+    """N: matched (possible, impossible) pairs per violation kind (one possible clip per start)."""
+    json: Path | None = None
+    """Write the results object here (atomic)."""
+    kinds: tuple[str, ...] = KINDS
+    """Violation kinds to test."""
+    seed: int = 0
+    """Base seed; clip starts come from the `eval` seed stream (never a collection start)."""
+    calibration_episodes: int = 10
+    """Possible clips (eval-stream indices after the evaluation ones) that set the typical error and the
+    flag threshold."""
+    flag_quantile: float = 0.99
+    """Flag threshold = this quantile of the calibration clips' normalized per-step errors."""
+    steps: int = 16
+    """T: control steps per clip."""
+    device: str = "cpu"
+    """Torch device (cpu, cuda, cuda:1)."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)."""
+    progress: bool = True
+    """Show tqdm progress."""
+
+
+@dataclass
+class SurpriseResult:
+    """Surprise of one clip: errors float [T] (raw squared latent error), normalized [T] (errors /
+    typical_error), flagged (steps t >= K-1 with normalized > threshold), score (max of normalized over
+    t >= K-1) and peak_step (its argmax)."""
+
+    errors: np.ndarray
+    normalized: np.ndarray
+    flagged: list[int]
+    score: float
+    peak_step: int
+    typical_error: float
+    threshold: float
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _check_clip(frames: np.ndarray, actions: np.ndarray, image_size: int, action_dim: int):
+    frames, actions = np.asarray(frames), np.asarray(actions, dtype=np.float32)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (image_size, image_size, 3):
+        raise ValueError(f"frames must be uint8 [T+1,{image_size},{image_size},3], got {frames.dtype} "
+                         f"{tuple(frames.shape)}")
+    if actions.ndim != 2 or actions.shape[1] != action_dim or len(frames) != len(actions) + 1:
+        raise ValueError(f"actions must be [T,{action_dim}] with T = frames - 1 = {len(frames) - 1}, got "
+                         f"{tuple(actions.shape)}")
+    if len(actions) < 1:
+        raise ValueError("a clip needs at least 2 frames and 1 action")
+    if not np.all(np.isfinite(actions)):
+        raise ValueError("actions must be finite")
+    return frames, actions
+
+
+def history_windows(z: torch.Tensor, actions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z [T+1,D], actions [T,A] -> (z_hist [T,K,D], a_hist [T,K,A]) for predicting z[1..T].
+
+    Window t holds z[t-K+1..t] and actions[t-K+1..t]; before index 0 the first latent repeats and the
+    actions are zero (planner.mpc.pad_history's rule).
+    """
+    t = actions.shape[0]
+    z_pad = torch.cat([z[:1].expand(k - 1, -1), z[:t]])  # [T+K-1,D]
+    a_pad = torch.cat([actions.new_zeros(k - 1, actions.shape[1]), actions])  # [T+K-1,A]
+    idx = torch.arange(t).unsqueeze(1) + torch.arange(k).unsqueeze(0)  # [T,K]
+    return z_pad[idx], a_pad[idx]
+
+
+@torch.no_grad()
+def prediction_errors(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
+                      ) -> np.ndarray:
+    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> float64 [T]: ||predict - z[t+1]||^2 per step."""
+    cfg = model.cfg
+    frames, actions = _check_clip(frames, actions, cfg.image_size, cfg.action_dim)
+    z = model.encode(images_to_model_input(np.ascontiguousarray(frames), device=device)).float()
+    a = torch.as_tensor(actions, device=z.device)
+    z_hist, a_hist = history_windows(z, a, model.history_len)
+    pred = model.predict(z_hist, a_hist).float()
+    return (pred - z[1:]).pow(2).sum(-1).double().cpu().numpy()
+
+
+def summarize(errors: np.ndarray, typical_error: float, threshold: float, first_step: int) -> SurpriseResult:
+    """Normalize per-step errors [T] and take the clip score / peak / flags over steps >= first_step."""
+    errors = np.asarray(errors, dtype=np.float64)
+    if not (np.isfinite(typical_error) and typical_error > 0):
+        raise ValueError(f"typical_error must be a positive number, got {typical_error}")
+    if not 0 <= first_step < len(errors):
+        raise ValueError(f"the clip has {len(errors)} steps; scoring starts at step {first_step}: send "
+                         f"at least {first_step + 2} frames")
+    norm = errors / typical_error
+    peak = first_step + int(np.argmax(norm[first_step:]))
+    flagged = [int(t) for t in np.flatnonzero(norm > threshold) if t >= first_step]
+    return SurpriseResult(errors=errors, normalized=norm, flagged=flagged, score=float(norm[peak]),
+                          peak_step=peak, typical_error=float(typical_error), threshold=float(threshold))
+
+
+def score_clip(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu",
+               typical_error: float | None = None,
+               threshold: float = DEFAULT_FLAG_THRESHOLD) -> SurpriseResult:
+    """Surprise of one clip: frames uint8 [T+1,S,S,3] (the model's size), actions [T,A] normalized.
+
+    typical_error: the model's median per-step error on possible clips (`planner surprise` measures it);
+    None normalizes by the clip's own median error over the scored steps (a violation is a spike against
+    the rest of the clip). Needs T >= K (history length) so that one step has full context.
+    """
+    errors = prediction_errors(model, frames, actions, device)
+    first = model.history_len - 1
+    if typical_error is None:
+        if first >= len(errors):
+            raise ValueError(f"send at least {first + 2} frames: the model's history length is {first + 1}")
+        typical_error = max(float(np.median(errors[first:])), 1e-12)
+    return summarize(errors, typical_error, threshold, first)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Detection metrics
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(score of a random positive > a random negative), ties counting one half (Mann-Whitney U / n1 n0)."""
+    pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(f"AUROC needs positive and negative scores, got {pos.size} and {neg.size}")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+
+
+def pairwise_accuracy(impossible: np.ndarray, possible: np.ndarray) -> float:
+    """Fraction of matched pairs whose impossible clip scores above its possible clip (ties: one half)."""
+    imp, pos = np.asarray(impossible, dtype=np.float64), np.asarray(possible, dtype=np.float64)
+    if imp.shape != pos.shape or imp.size == 0:
+        raise ValueError(f"need matched, non-empty score arrays, got shapes {imp.shape} and {pos.shape}")
+    return float(np.mean((imp > pos) + 0.5 * (imp == pos)))
+
+
+def peak_within(peak_steps, violation_steps, tolerance: int = 1) -> float:
+    """Fraction of clips whose peak step is within `tolerance` steps of the violation step."""
+    peaks, viol = np.asarray(peak_steps), np.asarray(violation_steps)
+    if peaks.shape != viol.shape or peaks.size == 0:
+        raise ValueError(f"need matched, non-empty step arrays, got shapes {peaks.shape} and {viol.shape}")
+    return float(np.mean(np.abs(peaks - viol) <= tolerance))
+
+
+def detection_metrics(imp_scores, pos_scores, imp_peaks, violation_steps) -> dict:
+    """{auroc, pairwise_accuracy, peak_within_1} of matched impossible / possible clip scores."""
+    return dict(
+        auroc=auroc(imp_scores, pos_scores),
+        pairwise_accuracy=pairwise_accuracy(imp_scores, pos_scores),
+        peak_within_1=peak_within(imp_peaks, violation_steps, 1),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass
+class _Detector:
+    """A per-step score function of a clip, with its typical (median) value on calibration clips."""
+
+    name: str
+    step_scores: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (frames, actions) -> [T]
+    typical: float = 1.0
+    scores: dict = field(default_factory=dict)  # (index, kind) -> SurpriseResult
+
+
+def _untrained_like(loaded, seed: int, device) -> torch.nn.Module:
+    """Same architecture as the checkpoint, random init (seeded), eval mode."""
+    from planner.checkpoint import build_model
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = build_model(loaded.config["model_type"], loaded.config["architecture"])
+    torch.random.set_rng_state(state)
+    return model.to(device).eval()
+
+
+def _validate(cfg: SurpriseConfig) -> None:
+    if cfg.episodes < 2:
+        raise ValueError(f"--episodes must be >= 2 (AUROC needs several clips), got {cfg.episodes}")
+    if cfg.calibration_episodes < 1:
+        raise ValueError(f"--calibration-episodes must be >= 1, got {cfg.calibration_episodes}")
+    if not 0.0 < cfg.flag_quantile <= 1.0:
+        raise ValueError(f"--flag-quantile must be in (0, 1], got {cfg.flag_quantile}")
+    bad = [k for k in cfg.kinds if k not in KINDS]
+    if bad or not cfg.kinds:
+        raise ValueError(f"--kinds: unknown or none {bad}; choose from {' '.join(KINDS)}")
+    if cfg.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {cfg.seed}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+
+
+def benchmark(cfg: SurpriseConfig) -> dict:
+    """Generate the clips, score them with every detector; returns the results (docs/SURPRISE.md)."""
+    from tqdm import tqdm
+
+    from envs import make_env
+    from envs.impossible import make_clips
+    from planner.checkpoint import file_sha256, load
+    from planner.evaluate import write_json_atomic
+    from planner.seeding import episode_seed
+
+    _validate(cfg)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    loaded = load(cfg.checkpoint, cfg.device)
+    model, ck = loaded.model, loaded.config
+    k = model.history_len
+    train = ck.get("training_data", {})
+    env_kwargs = dict(train.get("env_kwargs", {})) if train.get("env_id") == cfg.env else {}
+    env_kwargs.update(image_size=int(ck["image"]["size"]), render_goal=False)
+    env = make_env(cfg.env, **env_kwargs)
+    clip_cfg = ClipConfig(steps=cfg.steps, violation_min=max(k, min(6, cfg.steps - 1)),
+                          violation_max=max(k, min(10, cfg.steps - 1)))
+    if clip_cfg.violation_min < k:
+        raise ValueError(f"--steps {cfg.steps} is too short for history length {k}")
+    untrained = _untrained_like(loaded, cfg.seed, cfg.device)
+    detectors = [
+        _Detector("world_model", lambda f, a: prediction_errors(model, f, a, cfg.device)),
+        _Detector("untrained", lambda f, a: prediction_errors(untrained, f, a, cfg.device)),
+        _Detector("pixel", lambda f, a: mean_pixel_change(f)),
+    ]
+    first = k - 1
+
+    # calibration: typical per-step value of every detector on possible clips (disjoint seeds)
+    calib_raw = {d.name: [] for d in detectors}
+    calib_idx = range(cfg.episodes, cfg.episodes + cfg.calibration_episodes)
+    for i in tqdm(calib_idx, desc="surprise calibrate", disable=not cfg.progress):
+        clip = make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1], cfg=clip_cfg).possible
+        for d in detectors:
+            calib_raw[d.name].append(d.step_scores(clip.frames, clip.actions)[first:])
+    calib_norm = {}
+    for d in detectors:
+        values = np.concatenate(calib_raw[d.name])
+        d.typical = max(float(np.median(values)), 1e-12)
+        calib_norm[d.name] = values / d.typical
+    threshold = float(np.quantile(calib_norm["world_model"], cfg.flag_quantile))
+
+    # evaluation clips
+    records, pixel_at_v = [], {kind: {"possible": [], "impossible": []} for kind in cfg.kinds}
+    for i in tqdm(range(cfg.episodes), desc="surprise clips", disable=not cfg.progress):
+        seed = episode_seed(cfg.seed, i, "eval")
+        clips = make_clips(env, seed, kinds=cfg.kinds, cfg=clip_cfg)
+        for name, clip in [("possible", clips.possible), *clips.impossible.items()]:
+            for d in detectors:
+                raw = d.step_scores(clip.frames, clip.actions)
+                thr = threshold if d.name == "world_model" else np.inf
+                d.scores[(i, name)] = summarize(raw, d.typical, thr, first)
+        v = next(iter(clips.impossible.values())).violation_step
+        pix_possible = mean_pixel_change(clips.possible.frames)[v]
+        for kind, clip in clips.impossible.items():
+            pixel_at_v[kind]["possible"].append(float(pix_possible))
+            pixel_at_v[kind]["impossible"].append(float(mean_pixel_change(clip.frames)[v]))
+            rec = dict(index=i, seed=seed, kind=kind, violation_step=v, start_step=clip.start_step)
+            for d in detectors:
+                imp, pos = d.scores[(i, kind)], d.scores[(i, "possible")]
+                rec[d.name] = dict(impossible_score=imp.score, possible_score=pos.score,
+                                   peak_step=imp.peak_step)
+            wm_imp, wm_pos = detectors[0].scores[(i, kind)], detectors[0].scores[(i, "possible")]
+            rec["world_model"].update(impossible_flags=wm_imp.flagged, possible_flags=wm_pos.flagged)
+            records.append(rec)
+
+    def metrics_for(name: str, kinds) -> dict:
+        rs = [r for r in records if r["kind"] in kinds]
+        return detection_metrics([r[name]["impossible_score"] for r in rs],
+                                 [r[name]["possible_score"] for r in rs],
+                                 [r[name]["peak_step"] for r in rs], [r["violation_step"] for r in rs])
+
+    results = {}
+    for d in detectors:
+        overall = metrics_for(d.name, cfg.kinds)
+        # overall AUROC counts each possible clip once (it is shared by the kinds of one start)
+        overall["auroc"] = auroc([r[d.name]["impossible_score"] for r in records],
+                                 [d.scores[(i, "possible")].score for i in range(cfg.episodes)])
+        per_kind = {kind: metrics_for(d.name, [kind]) for kind in cfg.kinds}
+        results[d.name] = dict(overall=overall, per_kind=per_kind, typical_step_value=d.typical)
+    wm = results["world_model"]["overall"]
+    flags = dict(
+        threshold=threshold,
+        quantile=cfg.flag_quantile,
+        possible_clips_flagged=float(np.mean([bool(detectors[0].scores[(i, "possible")].flagged)
+                                              for i in range(cfg.episodes)])),
+        impossible_flagged_within_1=float(np.mean([
+            any(abs(t - r["violation_step"]) <= 1 for t in r["world_model"]["impossible_flags"])
+            for r in records
+        ])),
+    )
+    result = dict(
+        env=cfg.env, checkpoint=str(cfg.checkpoint), checkpoint_name=loaded.name,
+        checkpoint_sha256=file_sha256(Path(cfg.checkpoint) / "model.safetensors"),
+        episodes=cfg.episodes, seed=cfg.seed, kinds=list(cfg.kinds),
+        calibration_episodes=cfg.calibration_episodes,
+        history_len=k, clip=asdict(clip_cfg), typical_error=detectors[0].typical, flags=flags,
+        detectors=results, targets=TARGETS,
+        meets_targets={m: bool(wm[m] >= t) for m, t in TARGETS.items()},
+        beats_baselines={b: {m: bool(wm[m] > results[b]["overall"][m]) for m in TARGETS}
+                         for b in ("untrained", "pixel")},
+        pixel_change_at_violation={
+            kind: {c: float(np.mean(vals)) for c, vals in pv.items()} for kind, pv in pixel_at_v.items()
+        },
+        device=str(cfg.device), threads=torch.get_num_threads(), seconds=time.perf_counter() - t0,
+        per_clip=records,
+    )
+    if cfg.json:
+        write_json_atomic(cfg.json, result)
+    return result
+
+
+def format_table(res: dict) -> str:
+    """The printed summary: one row per detector and kind."""
+    names = list(res["detectors"])
+    lines = [f"{res['env']} {res['checkpoint_name']}: {res['episodes']} pairs per kind, seed {res['seed']}",
+             f"{'detector':<12} {'kind':<13} {'AUROC':>6} {'pairwise':>9} {'peak±1':>7}"]
+    for name in names:
+        d = res["detectors"][name]
+        for kind, m in [("all", d["overall"]), *d["per_kind"].items()]:
+            lines.append(f"{name:<12} {kind:<13} {m['auroc']:>6.3f} {m['pairwise_accuracy']:>9.3f} "
+                         f"{m['peak_within_1']:>7.0%}")
+    change = res["pixel_change_at_violation"]
+    lines.append("mean pixel change at the violation step (possible -> impossible): " + ", ".join(
+        f"{k} {v['possible']:.2f} -> {v['impossible']:.2f}" for k, v in change.items()))
+    f = res["flags"]
+    lines.append(f"flags (threshold {f['threshold']:.2f} typical errors): possible clips flagged "
+                 f"{f['possible_clips_flagged']:.0%}, impossible flagged within 1 step "
+                 f"{f['impossible_flagged_within_1']:.0%}")
+    return "\n".join(lines)
+
+
+def run(cfg: SurpriseConfig) -> None:
+    res = benchmark(cfg)
+    print(format_table(res))
+    if cfg.json:
+        print(f"wrote {cfg.json}")
+
