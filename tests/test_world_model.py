@@ -74,8 +74,9 @@ def test_anti_collapse_terms_detect_collapse():
     var_g, cov_g = vicreg_terms(gauss)
     var_c, _ = vicreg_terms(const)
     assert var_g < 0.05 and cov_g < 0.2 and var_c > 0.9
-    assert sigreg(gauss, 32, torch.Generator().manual_seed(1)) < 0.02
-    assert sigreg(const, 32, torch.Generator().manual_seed(1)) > 0.3
+    assert sigreg(gauss, 32, torch.Generator().manual_seed(1)) < 3  # O(1) test statistic
+    assert sigreg(const, 32, torch.Generator().manual_seed(1)) > 0.4 * 512 * 0.9
+    assert sigreg(0.1 * gauss, 32, torch.Generator().manual_seed(1)) > 100  # shrunk scale is rejected too
 
 
 def test_temporal_ordering_prefers_monotone_distances():
