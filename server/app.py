@@ -151,8 +151,8 @@ def create_app(
 
 
 async def _watch_ready(worker: ModelWorker, metrics: Metrics) -> None:
-    await asyncio.to_thread(worker.wait_ready)
-    metrics.ready.set(1)
+    if await asyncio.to_thread(worker.wait_ready):
+        metrics.ready.set(1)
 
 
 class RequestContextMiddleware:
@@ -169,11 +169,11 @@ class RequestContextMiddleware:
         rid = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
         token = request_id_var.set(rid)
         t0 = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": 500, "started": False}
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
@@ -189,6 +189,12 @@ class RequestContextMiddleware:
                 await resp(scope, receive, send_with_id)
             else:
                 await self.app(scope, body_receive, send_with_id)
+        except Exception as exc:  # a bug, not bad input: log it, answer 500 without a traceback
+            log.error("unhandled %s: %s", type(exc).__name__, exc, exc_info=exc)
+            if status["started"]:
+                raise
+            resp = _error(500, "internal error; the server logged it under this request id")
+            await resp(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - t0
             route = scope.get("route")
@@ -197,6 +203,7 @@ class RequestContextMiddleware:
             log.info(
                 "request",
                 extra={
+                    "request_id": rid,
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status["code"],
@@ -259,11 +266,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception):
-        log.error("unhandled %s: %s", type(exc).__name__, exc, exc_info=exc)
-        return _error(500, "internal error; the server logged it under this request id")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -344,7 +346,8 @@ def _planner_params(req: PlanRequest, spec: ModelSpec, settings: Settings) -> tu
     return PlannerParams(solver=solver, **values), seed
 
 
-def _check_warm_start(ws: WarmStart | None, params: PlannerParams, spec: ModelSpec, executed: int) -> None:
+def _check_warm_start(request: Request, req: PlanRequest, params: PlannerParams, spec: ModelSpec) -> None:
+    ws, executed = req.warm_start, req.executed_steps
     if ws is None:
         if executed:
             raise HTTPException(422, "executed_steps needs the warm_start of the previous response")
@@ -369,6 +372,10 @@ def _check_warm_start(ws: WarmStart | None, params: PlannerParams, spec: ModelSp
         raise HTTPException(
             422, f"executed_steps={executed} exceeds the previous plan's horizon {params.horizon}"
         )
+    try:
+        request.app.state.worker.backend.validate_warm_start(ws.state, params)
+    except ValueError as e:
+        raise HTTPException(422, f"warm_start.state is not one this server returned: {e}") from None
 
 
 def _goal(request: Request, goal: GoalImage | GoalRef, spec: ModelSpec, resize: bool, what: str = "goal"):
@@ -609,7 +616,7 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
     spec = _spec(request)
     s: Settings = request.app.state.settings
     params, seed = _planner_params(req, spec, s)
-    _check_warm_start(req.warm_start, params, spec, req.executed_steps)
+    _check_warm_start(request, req, params, spec)
     frames, prev, proprio = _observation(req.observation, spec, s, req.resize)
     workspace = None
     if s.workspace_low is not None:

@@ -101,8 +101,11 @@ class Backend(Protocol):
     def encode_goals(self, images: np.ndarray, proprio: list[np.ndarray | None]) -> np.ndarray:
         """Goal images uint8 [B,H,W,3] (+ optional proprio each) -> goal latents float32 [B,D]."""
 
+    def validate_warm_start(self, state: dict, params: PlannerParams) -> None:
+        """Raise ValueError (served as 422) unless `state` fits `params`; pure, callable from any thread."""
+
     def plan(self, problems: list[PlanProblem], params: PlannerParams) -> list[PlanOutcome]:
-        """Plan all problems in one solver call; each result equals what planning it alone gives."""
+        """Plan all problems (same params and seed) in one solver call; each = planning it alone."""
 
     def rollout(
         self,

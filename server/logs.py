@@ -21,7 +21,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
-            "request_id": request_id_var.get(),
+            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
         }
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:

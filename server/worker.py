@@ -1,7 +1,8 @@
 """The model worker: one thread owns the model and its device; requests reach it through a bounded queue.
 
-Plan requests that arrive within `max_wait_ms` of each other (up to `max_batch`, same solver settings) are
-merged into one solver call. The event loop only enqueues and awaits futures; it never runs the model.
+Plan requests that arrive within `max_wait_ms` of each other (up to `max_batch`, same solver settings and
+seed) are merged into one solver call. The event loop only enqueues and awaits futures; it never runs
+the model.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class ModelWorker:
         self._observe = observe or (lambda event, data: None)
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
         self._ready = threading.Event()
+        self._settled = threading.Event()  # set once loading ended, successfully or not
         self._accepting = False
         self.backend: Backend | None = None
         self.load_error: str | None = None
@@ -85,12 +87,19 @@ class ModelWorker:
     def ready(self) -> bool:
         return self._ready.is_set() and self._accepting
 
+    @property
+    def loaded(self) -> bool:
+        return self._ready.is_set()
+
     def wait_ready(self, timeout: float | None = None) -> bool:
-        return self._ready.wait(timeout)
+        """Wait until loading ended (or `stop`); True if the model is ready."""
+        self._settled.wait(timeout)
+        return self._ready.is_set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, finish every queued job, then end the thread."""
         self._accepting = False
+        self._settled.set()
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout)
@@ -125,9 +134,11 @@ class ModelWorker:
             self.load_error = f"model failed to load: {type(e).__name__}: {e}"
             log.exception("model load failed")
             self._accepting = False
+            self._settled.set()
             self._drain_with(NotReady(self.load_error))
             return
         self._ready.set()
+        self._settled.set()
         log.info("model ready: %s", self.backend.spec.name)
         pending: list[Job] = []
         stopping = False
@@ -155,7 +166,7 @@ class ModelWorker:
         batch, rest = [first], []
         end = time.monotonic() + self.max_wait_s
         for job in pending:
-            fits = job is not _STOP and job.kind == "plan" and job.params == first.params
+            fits = job is not _STOP and _batch_key(job) == _batch_key(first)
             (batch if fits and len(batch) < self.max_batch else rest).append(job)
         while len(batch) < self.max_batch:
             remaining = end - time.monotonic()
@@ -163,7 +174,7 @@ class ModelWorker:
                 job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not _STOP and job.kind == "plan" and job.params == first.params:
+            if job is not _STOP and _batch_key(job) == _batch_key(first):
                 batch.append(job)
             else:
                 rest.append(job)
@@ -229,6 +240,13 @@ class ModelWorker:
                 return
             if job is not _STOP and job.future.set_running_or_notify_cancel():
                 job.future.set_exception(error)
+
+
+def _batch_key(job: Job) -> tuple | None:
+    """Plan jobs batch together when solver settings and problem seed agree (so batched == alone)."""
+    if job.kind != "plan":
+        return None
+    return (job.params, job.payload.seed)
 
 
 def _is_oom(e: Exception) -> bool:

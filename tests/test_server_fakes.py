@@ -64,6 +64,10 @@ class FakeBackend:
     def encode_goals(self, images, proprio) -> np.ndarray:
         return self.encode(images)
 
+    def validate_warm_start(self, state: dict, params: PlannerParams) -> None:
+        if np.asarray(state.get("mean")).shape != (params.horizon, 4):
+            raise ValueError(f"mean must be {params.horizon}x4")
+
     def plan(self, problems: list[PlanProblem], params: PlannerParams) -> list[PlanOutcome]:
         self.release.wait(10)
         if self.oom_once:

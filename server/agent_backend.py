@@ -1,0 +1,150 @@
+"""The real backend: a checkpoint (planner.checkpoint) planned with planner.mpc.MPCAgent on one device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planner import checkpoint
+from planner.mpc import MPCAgent, WarmStart
+from planner.objectives import energy
+from planner.preprocess import Preprocessing
+from planner.solvers import SOLVERS
+from server.backend import ModelSpec, PlannerParams, PlanOutcome, PlanProblem
+
+
+class AgentBackend:
+    """Wraps MPCAgent for the worker: batches of problems in, per-problem outcomes (numpy) out.
+
+    Defaults for solver/horizon/samples/iterations come from the checkpoint's optional `planner` entry,
+    else from MPCAgent's defaults. Goal proprio is accepted but unused (our models predict no proprio).
+    """
+
+    def __init__(self, loaded: checkpoint.Loaded, device: str = "cpu") -> None:
+        cfg = loaded.config
+        planner_cfg = cfg.get("planner", {}) or {}
+        agent = MPCAgent(loaded, planner_cfg.get("solver", "cem"), device=device)
+        self.agent = agent.with_planner(
+            horizon=planner_cfg.get("horizon"),
+            samples=planner_cfg.get("samples"),
+            iterations=planner_cfg.get("iterations"),
+        )
+        image = cfg["image"]
+        pre = Preprocessing.from_dict(image.get("preprocessing") or {"size": image["size"]})
+        threshold = cfg.get("goal_energy_threshold")
+        a = self.agent
+        self.spec = ModelSpec(
+            name=loaded.name,
+            preprocessing=pre,
+            action_low=a.action_spec.low,
+            action_high=a.action_spec.high,
+            action_units=a.action_spec.units,
+            action_frame=str(cfg["action"].get("frame", "")),
+            history_len=a.history_len,
+            proprio_dim=(cfg.get("proprio") or {}).get("dim"),
+            latent_dim=int(loaded.model.cfg.latent_dim),
+            default_planner=PlannerParams(a.solver.name, a.horizon, a.solver.samples, a.solver.iterations),
+            solvers=tuple(SOLVERS),
+            goal_energy_threshold=None if threshold is None else float(threshold),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> AgentBackend:
+        return cls(checkpoint.load(path, device), device)
+
+    def warmup(self) -> None:
+        s, k = self.spec.image_size, self.spec.history_len
+        frames = np.zeros((1, k, s, s, 3), np.uint8)
+        goal = self.agent.encode_goal(frames[0, -1])[None]
+        self.agent.plan(frames, np.zeros((1, k - 1, self.spec.action_dim), np.float32), goal)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return self.agent.encode(images).cpu().numpy()
+
+    def encode_goals(self, images: np.ndarray, proprio: list[np.ndarray | None]) -> np.ndarray:
+        return self.agent.encode_goal(images).cpu().numpy()
+
+    def validate_warm_start(self, state: dict, params: PlannerParams) -> None:
+        """Raise ValueError unless `state` came from this backend for `params` (thread-safe)."""
+        WarmStart.from_dict(self._warm(state, params))
+
+    def _warm(self, state: dict, params: PlannerParams) -> dict:
+        return {
+            "model": self.spec.name,
+            "solver": params.solver,
+            "horizon": params.horizon,
+            "action_dim": self.spec.action_dim,
+            "actions": state.get("actions"),
+        }
+
+    def plan(self, problems: list[PlanProblem], params: PlannerParams) -> list[PlanOutcome]:
+        """One solver call for all problems (they share params and seed: batched == alone)."""
+        seeds = {p.seed for p in problems}
+        if len(seeds) != 1:
+            raise ValueError(f"one batch must share one seed, got {sorted(seeds)}")
+        agent = self.agent.with_planner(
+            params.solver, horizon=params.horizon, samples=params.samples, iterations=params.iterations
+        )
+        missing = [i for i, p in enumerate(problems) if p.goal_latent is None]
+        goals = [None if p.goal_latent is None else torch.as_tensor(p.goal_latent) for p in problems]
+        if missing:
+            fresh = agent.encode_goal(np.stack([problems[i].goal_image for i in missing])).cpu()
+            for j, i in enumerate(missing):
+                goals[i] = fresh[j]
+        goal_latents = torch.stack(goals).float()
+        warm = []
+        for p in problems:
+            if p.warm_start is None:
+                warm.append(None)
+                continue
+            ws = WarmStart.from_dict(self._warm(p.warm_start, params))
+            # shift per problem here, so problems with different executed_steps share one solver call
+            actions = np.asarray(ws.actions)
+            steps = min(p.executed_steps, params.horizon)
+            if steps:
+                actions = np.concatenate([actions[steps:], np.repeat(actions[-1:], steps, axis=0)])
+            warm.append(WarmStart(ws.model, ws.solver, ws.horizon, ws.action_dim, tuple(map(tuple, actions))))
+        plan = agent.plan(
+            np.stack([p.frames for p in problems]),
+            np.stack([p.prev_actions for p in problems]),
+            goal_latents,
+            warm if any(w is not None for w in warm) else None,
+            executed_steps=0,
+            seed=problems[0].seed,
+        )
+        return [
+            PlanOutcome(
+                actions=plan.actions[i],
+                energy=float(plan.energy[i]),
+                goal_reached=bool(plan.goal_reached[i]),
+                goal_latent=goal_latents[i].numpy(),
+                warm_start={"actions": [list(r) for r in plan.warm_start[i].actions]},
+                ood_score=None,
+            )
+            for i in range(len(problems))
+        ]
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        frames: np.ndarray,
+        prev_actions: np.ndarray,
+        actions: np.ndarray,
+        goal_latent: np.ndarray | None,
+    ) -> dict[str, list[float] | None]:
+        a = self.agent
+        z = a.encode(frames)[None]  # [1,K,D]
+        a_prev = torch.as_tensor(a.action_spec.to_normalized(prev_actions), device=a.device)[None]
+        acts = torch.as_tensor(a.action_spec.to_normalized(actions), device=a.device)[None, None]
+        zs = a.model.rollout(z, a_prev, acts)[0, 0]  # [T,D]
+        now = z[0, -1]
+        out: dict[str, list[float] | None] = {
+            "energies": None,
+            "latent_norms": torch.linalg.vector_norm(zs, dim=-1).cpu().tolist(),
+            "latent_change": energy(zs, now).cpu().tolist(),
+        }
+        if goal_latent is not None:
+            out["energies"] = energy(zs, torch.as_tensor(goal_latent, device=a.device)).cpu().tolist()
+        return out
