@@ -147,6 +147,15 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+def schedule_step(step: int, elapsed: float, budget: float | None, cfg: BaselineTrainConfig) -> int:
+    """The step planner.train.lr_at is evaluated at: `step` itself, or with a time budget, warmup by steps
+    and then the cosine decay following the elapsed fraction of the budget (ending at the budget)."""
+    if budget is None or step < cfg.warmup_steps:
+        return step
+    frac = min(1.0, elapsed / budget)
+    return max(step, cfg.warmup_steps + int(frac * (cfg.steps - cfg.warmup_steps)))
+
+
 def build(cfg: BaselineTrainConfig) -> PixelWorldModel | GCBCPolicy:
     return PixelWorldModel(cfg.pixel) if cfg.model_type == "pixel" else GCBCPolicy(cfg.gcbc)
 
@@ -228,8 +237,7 @@ def run(cfg: BaselineTrainConfig) -> Path:
         elapsed = time.perf_counter() - t_start
         if budget is not None and elapsed >= budget:
             break
-        sched_step = step if budget is None else max(step, int(elapsed / budget * cfg.steps))
-        lr = lr_at(sched_step, cfg)
+        lr = lr_at(schedule_step(step, elapsed, budget, cfg), cfg)
         for g in opt.param_groups:
             g["lr"] = lr
         images = batch["images"].to(device, non_blocking=True)

@@ -4,6 +4,7 @@ Training runs on the moving-dot store of tests/test_train.py (real dynamics, lea
 real ArmReach-v0 env with a tiny random model (one short episode)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +16,20 @@ from planner.objectives import ObjectiveConfig, make_objective
 from planner.pixel_model import PixelObjectiveConfig, PixelWorldModel, pixel_loss, pixel_prediction_error
 from planner.preprocess import images_to_model_input
 from planner.store import TrajectoryStore
-from planner.train_baselines import BaselineTrainConfig, parameter_counts, run
+from planner.train_baselines import BaselineTrainConfig, parameter_counts, run, schedule_step
 from planner.world_model import WorldModel, WorldModelConfig
 from tests.test_train import make_store
 
 S = 32
-ARCH = WorldModelConfig(image_size=S, action_dim=2, latent_dim=16, history_len=2, enc_channels=(8, 16, 16),
-                        enc_groups=4, pred_hidden=64)
+ARCH = WorldModelConfig(
+    image_size=S,
+    action_dim=2,
+    latent_dim=16,
+    history_len=2,
+    enc_channels=(8, 16, 16),
+    enc_groups=4,
+    pred_hidden=64,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +54,9 @@ def test_shapes_and_loss_parts():
     z = m.encode(images[:, 0])
     assert z.shape == (3, 16)
     assert m.decode(z).shape == (3, 3, S, S)
-    assert m.rollout(z[:, None].expand(3, 2, 16), actions[:, :1], actions[:, None, :4].expand(3, 5, 4, 2)).shape \
-        == (3, 5, 4, 16)
+    assert m.rollout(
+        z[:, None].expand(3, 2, 16), actions[:, :1], actions[:, None, :4].expand(3, 5, 4, 2)
+    ).shape == (3, 5, 4, 16)
     loss, parts = pixel_loss(m, images, actions, PixelObjectiveConfig(rollout_steps=4))
     assert set(parts) == {"recon", "pred", "rollout", "loss"} and torch.isfinite(loss)
     assert parts["loss"] == pytest.approx(parts["recon"] + parts["pred"] + parts["rollout"], rel=1e-5)
@@ -116,10 +125,23 @@ def test_tiny_training_lowers_pixel_loss(store_path):
 
 
 def test_train_baseline_pixel_end_to_end(store_path, tmp_path):
-    cfg = BaselineTrainConfig(data=store_path, out=tmp_path / "ckpt", log_dir=tmp_path / "log", model_type="pixel",
-                              steps=6, device="cpu", batch_size=4, warmup_steps=2, workers=0, episodes_per_batch=4,
-                              val_episodes=2, threads=1, success_threshold=0.1, pixel=ARCH,
-                              pixel_objective=PixelObjectiveConfig(rollout_steps=3))
+    cfg = BaselineTrainConfig(
+        data=store_path,
+        out=tmp_path / "ckpt",
+        log_dir=tmp_path / "log",
+        model_type="pixel",
+        steps=6,
+        device="cpu",
+        batch_size=4,
+        warmup_steps=2,
+        workers=0,
+        episodes_per_batch=4,
+        val_episodes=2,
+        threads=1,
+        success_threshold=0.1,
+        pixel=ARCH,
+        pixel_objective=PixelObjectiveConfig(rollout_steps=3),
+    )
     run(cfg)
     loaded = load(tmp_path / "ckpt")
     ck = loaded.config
@@ -136,11 +158,29 @@ def test_train_baseline_pixel_end_to_end(store_path, tmp_path):
     assert 1 <= run_info["steps_done"] < 10_000 and run_info["time_budget_s"] == 0.5
 
 
+def test_time_budget_schedule():
+    cfg = BaselineTrainConfig(data=Path("d"), out=Path("o"), steps=1000, warmup_steps=10)
+    assert [schedule_step(s, 99.0, None, cfg) for s in (0, 5, 500)] == [0, 5, 500]  # no budget: the step
+    assert schedule_step(5, 50.0, 100.0, cfg) == 5  # warmup counts steps
+    assert schedule_step(20, 50.0, 100.0, cfg) == 505  # then the cosine follows the elapsed time
+    assert schedule_step(20, 100.0, 100.0, cfg) == 1000  # and ends with the budget
+    assert schedule_step(800, 10.0, 100.0, cfg) == 800  # whichever is further along
+
+
 def test_match_train_log_and_bad_inputs(store_path, tmp_path):
     from planner.train import TrainError
 
-    base = dict(data=store_path, out=tmp_path / "c", log_dir=tmp_path / "log", steps=2, device="cpu",
-                workers=0, threads=1, success_threshold=0.1, pixel=ARCH)
+    base = dict(
+        data=store_path,
+        out=tmp_path / "c",
+        log_dir=tmp_path / "log",
+        steps=2,
+        device="cpu",
+        workers=0,
+        threads=1,
+        success_threshold=0.1,
+        pixel=ARCH,
+    )
     with pytest.raises(TrainError, match="does not exist"):
         run(BaselineTrainConfig(**base, match_train_log=tmp_path / "nope.csv"))
     log = tmp_path / "jepa_log.csv"
@@ -159,7 +199,8 @@ def test_pixel_prediction_error_copy_last_is_exact(store_path):
     x = images_to_model_input(ep.images)
     # copy-last at k=1 is the mean squared difference of consecutive frames over the windows used
     assert out["copy_last_mse_k1"] > 0 and out["kstep_ratio_k3"] == pytest.approx(
-        out["kstep_mse_k3"] / out["copy_last_mse_k3"])
+        out["kstep_mse_k3"] / out["copy_last_mse_k3"]
+    )
     assert out["recon_mse"] > 0 and x.shape[0] == 21
     with pytest.raises(ValueError, match="episodes of at least"):
         pixel_prediction_error(m, store.iter_episodes([0]), k_max=40)
@@ -168,8 +209,9 @@ def test_pixel_prediction_error_copy_last_is_exact(store_path):
 @pytest.fixture(scope="module")
 def reach_pixel_ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    arch = WorldModelConfig(image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
-                            pred_hidden=16)
+    arch = WorldModelConfig(
+        image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4, pred_hidden=16
+    )
     config = {
         "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
         "action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0], "units": "m, gripper"},
@@ -184,8 +226,18 @@ def reach_pixel_ckpt(tmp_path_factory):
 
 @pytest.mark.parametrize("space", ["latent", "pixel"])
 def test_eval_runs_pixel_checkpoint(reach_pixel_ckpt, space):
-    res = evaluate(EvalConfig(checkpoint=str(reach_pixel_ckpt), episodes=1, max_steps=2, samples=8, iterations=2,
-                              horizon=3, objective_space=space, progress=False))
+    res = evaluate(
+        EvalConfig(
+            checkpoint=str(reach_pixel_ckpt),
+            episodes=1,
+            max_steps=2,
+            samples=8,
+            iterations=2,
+            horizon=3,
+            objective_space=space,
+            progress=False,
+        )
+    )
     assert res["model_type"] == "pixel" and res["objective"]["space"] == space and res["solver"] == "cem"
     ep = res["per_episode"][0]
     assert ep["steps"] == 2 and np.isfinite(ep["final_distance"]) and res["plan_ms_median"] > 0
