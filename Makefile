@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m planner.demo
+	$(PY) -m server.demo
 
 test: install
 	$(PY) -m pytest -q
