@@ -178,7 +178,7 @@ def relabel(
     if t < obj.window_len(k):
         raise ValueError(f"relabel needs windows of {obj.window_len(k)} frames, got {t}")
     offsets = torch.randint(obj.min_goal_offset, obj.max_goal_offset + 1, (b,), generator=generator)
-    goal = images[torch.arange(b), (k - 1 + offsets).to(images.device)]
+    goal = images[torch.arange(b, device=images.device), (k - 1 + offsets).to(images.device)]
     return images[:, :k], goal, actions[:, k - 1]
 
 
@@ -189,7 +189,8 @@ class PolicyAgent:
     [B,K-1,A] native, goal_latents [B,D], warm_start=None, *, executed_steps=1, seed=0) -> planner.mpc.Plan`
     with a horizon of 1 (the policy's action). energy/current_energy are the latent distance between the
     current frame and the goal in the policy's encoder (a diagnostic only); goal_reached is always False
-    (GCBC has no calibrated stop criterion, so episodes run to the step budget). warm_start is ignored.
+    (GCBC has no calibrated stop criterion, so episodes run to the step budget). prev_actions, warm_start,
+    executed_steps and seed are accepted for the interface and not used (the policy is deterministic).
     """
 
     def __init__(self, loaded, *, device: str | torch.device = "cpu"):
