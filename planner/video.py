@@ -69,6 +69,7 @@ def write_episode_video(
                 line.set_data(np.arange(k), e[:k])
                 fig.canvas.draw()
                 writer.append_data(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
