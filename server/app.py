@@ -70,6 +70,10 @@ def default_backend(settings: Settings) -> Backend:
 
     if settings.checkpoint is None:
         raise ValueError("PLANNER_CHECKPOINT is not set: point it at a checkpoint directory")
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     return AgentBackend.from_checkpoint(settings.checkpoint, settings.resolved_device())
 
 

@@ -71,7 +71,7 @@ def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict
     history: list[tuple[np.ndarray, np.ndarray]] = []
     warm, reached = None, False
     for _ in range(u.task.step_budget):
-        recent = history[max(0, len(history) - (history_len - 1)):] if history_len > 1 else None
+        recent = history[max(0, len(history) - (history_len - 1)) :] if history_len > 1 else None
         result = client.plan(obs["image"], goal, history=recent, warm_start=warm, executed_steps=1)
         energies.append(result.energy)
         round_trip_ms.append(result.round_trip_ms)
@@ -85,10 +85,19 @@ def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict
         obs, *_ = env.step(action_spec.to_normalized(action))
         frames.append(obs["image"])
     final = float(u.distance())
-    return dict(seed=seed, success=bool(final <= u.task.success_threshold), final_distance=final,
-                start_distance=float(info["distance"]), steps=len(frames) - 1, goal_reached=reached,
-                energies=energies, round_trip_ms=round_trip_ms, plan_ms=plan_ms,
-                frames=frames, goal=info["goal_image"])
+    return dict(
+        seed=seed,
+        success=bool(final <= u.task.success_threshold),
+        final_distance=final,
+        start_distance=float(info["distance"]),
+        steps=len(frames) - 1,
+        goal_reached=reached,
+        energies=energies,
+        round_trip_ms=round_trip_ms,
+        plan_ms=plan_ms,
+        frames=frames,
+        goal=info["goal_image"],
+    )
 
 
 def run(cfg: DemoConfig) -> int:
@@ -105,8 +114,16 @@ def run(cfg: DemoConfig) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "planner.cli", "serve", "--checkpoint", str(cfg.checkpoint),
-         "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "planner.cli",
+            "serve",
+            "--checkpoint",
+            str(cfg.checkpoint),
+            "--port",
+            str(port),
+        ],
         env={**os.environ, "PLANNER_LOG_LEVEL": os.environ.get("PLANNER_LOG_LEVEL", "warning")},
     )
     records = []
@@ -121,14 +138,22 @@ def run(cfg: DemoConfig) -> int:
             for i in range(cfg.episodes):
                 seed = episode_seed(cfg.seed, i, "eval")
                 rec = drive_episode(client, env, action_spec, int(config["history_len"]), seed)
-                video = write_episode_video(cfg.out / f"episode_{i}.mp4", rec.pop("frames"), rec.pop("goal"),
-                                            rec["energies"], threshold=config.get("goal_energy_threshold"))
+                video = write_episode_video(
+                    cfg.out / f"episode_{i}.mp4",
+                    rec.pop("frames"),
+                    rec.pop("goal"),
+                    rec["energies"],
+                    threshold=config.get("goal_energy_threshold"),
+                )
                 rt = np.asarray(rec["round_trip_ms"])
-                print(f"episode {i} (seed {seed}): {'SUCCESS' if rec['success'] else 'miss'}  "
-                      f"distance {rec['start_distance'] * 100:.1f} -> {rec['final_distance'] * 100:.1f} cm "
-                      f"in "
-                      f"{rec['steps']} steps; per-step latency median {np.median(rt):.0f} ms "
-                      f"(plan {np.median(rec['plan_ms']):.0f} ms); video {video}", flush=True)
+                print(
+                    f"episode {i} (seed {seed}): {'SUCCESS' if rec['success'] else 'miss'}  "
+                    f"distance {rec['start_distance'] * 100:.1f} -> {rec['final_distance'] * 100:.1f} cm "
+                    f"in "
+                    f"{rec['steps']} steps; per-step latency median {np.median(rt):.0f} ms "
+                    f"(plan {np.median(rec['plan_ms']):.0f} ms); video {video}",
+                    flush=True,
+                )
                 records.append(rec)
         env.close()
     finally:
@@ -140,8 +165,10 @@ def run(cfg: DemoConfig) -> int:
             server.wait()
     rt = np.concatenate([r["round_trip_ms"] for r in records]) if records else np.zeros(1)
     successes = sum(r["success"] for r in records)
-    print(f"demo: {successes}/{len(records)} episodes reached the goal image; per-step round trip "
-          f"median {np.median(rt):.0f} ms, p95 {np.percentile(rt, 95):.0f} ms; videos in {cfg.out}/")
+    print(
+        f"demo: {successes}/{len(records)} episodes reached the goal image; per-step round trip "
+        f"median {np.median(rt):.0f} ms, p95 {np.percentile(rt, 95):.0f} ms; videos in {cfg.out}/"
+    )
     return 0 if records else 1
 
 

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto", description="Torch device for the model worker: auto (cuda if present), cpu, cuda[:N]."
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op CPU threads (default: torch's choice); 1 suits busy CPU hosts.",
+    )
     api_keys: str = Field("", description="Comma-separated Bearer keys; empty = no auth (loopback only).")
     api_keys_file: Path | None = Field(
         None, description="File with one Bearer key per line (# comments allowed)."
