@@ -475,3 +475,11 @@ def test_workspace_setting_needs_proprio():
         assert r.status_code == 200
         path = 0.09 + np.cumsum(np.array(r.json()["actions"])[:, 0])
         assert path.max() <= 0.1 + 1e-6
+
+
+def test_service_doc_lists_every_setting():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "SERVICE.md").read_text()
+    missing = [f"PLANNER_{n.upper()}" for n in Settings.model_fields if f"| `PLANNER_{n.upper()}` |" not in doc]
+    assert not missing, f"docs/SERVICE.md settings table lacks {missing}"
