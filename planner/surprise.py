@@ -48,17 +48,21 @@ class SurpriseConfig:
     """Violation kinds to test."""
     seed: int = 0
     """Base seed; clip starts come from the `eval` seed stream (never a collection start)."""
-    calibration_episodes: int = 10
+    calibration_episodes: int = 20
     """Possible clips (eval-stream indices after the evaluation ones) that set the typical error and the
     flag threshold."""
-    flag_quantile: float = 0.99
-    """Flag threshold = this quantile of the calibration clips' normalized per-step errors."""
+    flag_quantile: float = 0.95
+    """Flag threshold = this quantile of the calibration clips' scores (max normalized error per clip), so
+    about 1 - q of possible clips get a flag."""
     steps: int = 16
     """T: control steps per clip."""
     device: str = "cpu"
     """Torch device (cpu, cuda, cuda:1)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)."""
+    figure: Path | None = None
+    """Write a PNG: the first start's clips around the violation (possible + each kind) and their
+    normalized per-step surprise."""
     progress: bool = True
     """Show tqdm progress."""
 
@@ -276,12 +280,10 @@ def benchmark(cfg: SurpriseConfig) -> dict:
         clip = make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1], cfg=clip_cfg).possible
         for d in detectors:
             calib_raw[d.name].append(d.step_scores(clip.frames, clip.actions)[first:])
-    calib_norm = {}
     for d in detectors:
-        values = np.concatenate(calib_raw[d.name])
-        d.typical = max(float(np.median(values)), 1e-12)
-        calib_norm[d.name] = values / d.typical
-    threshold = float(np.quantile(calib_norm["world_model"], cfg.flag_quantile))
+        d.typical = max(float(np.median(np.concatenate(calib_raw[d.name]))), 1e-12)
+    calib_scores = [float(e.max()) / detectors[0].typical for e in calib_raw["world_model"]]
+    threshold = float(np.quantile(calib_scores, cfg.flag_quantile))
 
     # evaluation clips
     records, pixel_at_v = [], {kind: {"possible": [], "impossible": []} for kind in cfg.kinds}
@@ -294,6 +296,9 @@ def benchmark(cfg: SurpriseConfig) -> dict:
                 thr = threshold if d.name == "world_model" else np.inf
                 d.scores[(i, name)] = summarize(raw, d.typical, thr, first)
         v = next(iter(clips.impossible.values())).violation_step
+        if i == 0 and cfg.figure:
+            named = [("possible", clips.possible), *clips.impossible.items()]
+            plot_clips(named, [detectors[0].scores[(0, n)] for n, _ in named], v, cfg.figure)
         pix_possible = mean_pixel_change(clips.possible.frames)[v]
         for kind, clip in clips.impossible.items():
             pixel_at_v[kind]["possible"].append(float(pix_possible))
@@ -353,6 +358,44 @@ def benchmark(cfg: SurpriseConfig) -> dict:
     return result
 
 
+def plot_clips(named_clips: list, results: list[SurpriseResult], violation_step: int, path) -> None:
+    """PNG: per clip (rows) frames v-2..v+3 and the normalized per-step surprise, violation marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = violation_step
+    shown = [t for t in range(v - 2, v + 4) if 0 <= t < len(named_clips[0][1].frames)]
+    fig, axes = plt.subplots(len(named_clips), len(shown) + 1, figsize=(1.3 * len(shown) + 3.2,
+                                                                          1.3 * len(named_clips)),
+                             gridspec_kw={"width_ratios": [1] * len(shown) + [2.5]}, squeeze=False)
+    top = max(float(r.normalized.max()) for r in results)
+    for row, ((name, clip), res) in enumerate(zip(named_clips, results, strict=True)):
+        for col, t in enumerate(shown):
+            ax = axes[row, col]
+            ax.imshow(clip.frames[t])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"frame {t}" + (" (v+1)" if t == v + 1 else ""), fontsize=7)
+        axes[row, 0].set_ylabel(name, fontsize=8)
+        ax = axes[row, -1]
+        ax.plot(res.normalized, marker=".", lw=1)
+        ax.axvline(v, color="r", lw=0.8, ls="--")
+        ax.set_ylim(0, top * 1.05)
+        ax.tick_params(labelsize=6)
+        if row == 0:
+            ax.set_title("surprise / typical (step t: frame t -> t+1)", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def format_table(res: dict) -> str:
     """The printed summary: one row per detector and kind."""
     names = list(res["detectors"])
@@ -367,7 +410,8 @@ def format_table(res: dict) -> str:
     lines.append("mean pixel change at the violation step (possible -> impossible): " + ", ".join(
         f"{k} {v['possible']:.2f} -> {v['impossible']:.2f}" for k, v in change.items()))
     f = res["flags"]
-    lines.append(f"flags (threshold {f['threshold']:.2f} typical errors): possible clips flagged "
+    lines.append(f"flags (typical error {res['typical_error']:.4g}, threshold {f['threshold']:.2f} typical "
+                 f"errors): possible clips flagged "
                  f"{f['possible_clips_flagged']:.0%}, impossible flagged within 1 step "
                  f"{f['impossible_flagged_within_1']:.0%}")
     return "\n".join(lines)
@@ -376,6 +420,7 @@ def format_table(res: dict) -> str:
 def run(cfg: SurpriseConfig) -> None:
     res = benchmark(cfg)
     print(format_table(res))
-    if cfg.json:
-        print(f"wrote {cfg.json}")
+    for path in (cfg.json, cfg.figure):
+        if path:
+            print(f"wrote {path}")
 

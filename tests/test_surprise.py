@@ -230,7 +230,7 @@ def test_planner_surprise_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
     out = tmp_path / "s.json"
     main(["surprise", "--checkpoint", str(tmp_path / "ckpt"), "--env", "ArmPush-v0", "--episodes", "2",
           "--calibration-episodes", "1", "--steps", "8", "--kinds", "vanish", "teleport", "--json", str(out),
-          "--no-progress", "--threads", "1"])
+          "--figure", str(tmp_path / "s.png"), "--no-progress", "--threads", "1"])
     printed = capsys.readouterr().out
     assert "world_model" in printed and "pixel" in printed and "untrained" in printed
     res = json.loads(out.read_text())
@@ -247,6 +247,7 @@ def test_planner_surprise_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
             assert all(0.0 <= x <= 1.0 for x in m.values())
     assert len(res["per_clip"]) == 4 and res["typical_error"] > 0
     assert res["pixel_change_at_violation"]["teleport"]["impossible"] > 0
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_planner_surprise_rejects_bad_arguments(tmp_path):
