@@ -114,6 +114,7 @@ class AgentBackend:
             executed_steps=0,
             seed=problems[0].seed,
         )
+        ood = self._ood_scores(problems)
         return [
             PlanOutcome(
                 actions=plan.actions[i],
@@ -121,10 +122,24 @@ class AgentBackend:
                 goal_reached=bool(plan.goal_reached[i]),
                 goal_latent=goal_latents[i].numpy(),
                 warm_start={"actions": [list(r) for r in plan.warm_start[i].actions]},
-                ood_score=None,
+                ood_score=ood.get(i),
             )
             for i in range(len(problems))
         ]
+
+    @torch.no_grad()
+    def _ood_scores(self, problems: list[PlanProblem]) -> dict[int, float]:
+        """One-step prediction error of the current latent from the K frames and actions before it."""
+        idx = [i for i, p in enumerate(problems) if p.context_frames is not None]
+        if not idx:
+            return {}
+        a, k = self.agent, self.spec.history_len
+        ctx = np.stack([problems[i].context_frames for i in idx])  # [n,K,S,S,3]
+        z_ctx = a.encode(ctx.reshape(-1, *ctx.shape[2:])).view(len(idx), k, -1)
+        acts = a.action_spec.to_normalized(np.stack([problems[i].context_actions for i in idx]))
+        z_pred = a.model.predict(z_ctx, torch.as_tensor(acts, device=a.device))
+        z_now = a.encode(np.stack([problems[i].frames[-1] for i in idx]))
+        return dict(zip(idx, energy(z_pred, z_now).cpu().tolist(), strict=True))
 
     @torch.no_grad()
     def rollout(

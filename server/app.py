@@ -302,7 +302,8 @@ def _vector(values: list[float] | None, n: int | None, what: str) -> np.ndarray 
 
 
 def _observation(obs: Observation, spec: ModelSpec, settings: Settings, resize: bool):
-    """-> frames uint8 [K,H,W,3] (current last), prev_actions float32 [K-1,A] native, proprio or None."""
+    """-> frames uint8 [K,H,W,3] (current last), prev_actions float32 [K-1,A] native, proprio or None,
+    and the ood context (the K frames before the current one [K,H,W,3], their actions [K,A]) or None."""
     if len(obs.history) > settings.max_history:
         raise HTTPException(
             422,
@@ -311,21 +312,25 @@ def _observation(obs: Observation, spec: ModelSpec, settings: Settings, resize: 
     current = _decode(obs.image, spec, resize, "observation.image")
     proprio = _vector(obs.proprio, spec.proprio_dim, "observation.proprio")
     k = spec.history_len
-    used = obs.history[-(k - 1) :] if k > 1 else []
-    frames, actions = [], []
-    for i, item in enumerate(used):
-        idx = len(obs.history) - len(used) + i
-        frames.append(_decode(item.image, spec, resize, f"observation.history[{idx}].image"))
-        actions.append(_vector(item.action, spec.action_dim, f"observation.history[{idx}].action"))
-    for i, item in enumerate(obs.history[: len(obs.history) - len(used)]):
+    first = max(0, len(obs.history) - k)  # decode at most the K most recent entries
+    for i, item in enumerate(obs.history[:first]):
         _vector(item.action, spec.action_dim, f"observation.history[{i}].action")
+    frames, actions = [], []
+    for i, item in enumerate(obs.history[first:], start=first):
+        frames.append(_decode(item.image, spec, resize, f"observation.history[{i}].image"))
+        actions.append(_vector(item.action, spec.action_dim, f"observation.history[{i}].action"))
+    context = (np.stack(frames), np.stack(actions)) if len(frames) == k else None
+    frames, actions = (
+        frames[len(frames) - (k - 1) :] if k > 1 else [],
+        actions[len(actions) - (k - 1) :] if k > 1 else [],
+    )
     frames.append(current)
     # Fewer frames than the model's history: repeat the oldest frame with a zero (no-motion) action.
     while len(frames) < k:
         frames.insert(0, frames[0])
         actions.insert(0, np.zeros(spec.action_dim, np.float32))
     prev = np.stack(actions) if actions else np.zeros((0, spec.action_dim), np.float32)
-    return np.stack(frames), prev, proprio
+    return np.stack(frames), prev, proprio, context
 
 
 def _planner_params(req: PlanRequest, spec: ModelSpec, settings: Settings) -> tuple[PlannerParams, int]:
@@ -580,7 +585,7 @@ def _add_routes(app: FastAPI) -> None:
         """Imagine a given action sequence: energy to the goal per step and a summary of the latents."""
         spec = _spec(request)
         s: Settings = request.app.state.settings
-        frames, prev, _ = _observation(req.observation, spec, s, req.resize)
+        frames, prev, _, _ = _observation(req.observation, spec, s, req.resize)
         if not 1 <= len(req.actions) <= s.max_horizon:
             raise HTTPException(422, f"actions has {len(req.actions)} steps; send 1..{s.max_horizon}")
         acts = np.stack([_vector(a, spec.action_dim, f"actions[{i}]") for i, a in enumerate(req.actions)])
@@ -621,7 +626,7 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
     s: Settings = request.app.state.settings
     params, seed = _planner_params(req, spec, s)
     _check_warm_start(request, req, params, spec)
-    frames, prev, proprio = _observation(req.observation, spec, s, req.resize)
+    frames, prev, proprio, context = _observation(req.observation, spec, s, req.resize)
     workspace = None
     if s.workspace_low is not None:
         if proprio is None or proprio.shape[0] < 3:
@@ -640,6 +645,8 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
         seed=seed,
         warm_start=req.warm_start.state if req.warm_start is not None else None,
         executed_steps=req.executed_steps,
+        context_frames=None if context is None else context[0],
+        context_actions=None if context is None else context[1],
     )
     outcome, queue_ms, model_ms, batch_size = await _run(
         request, Job("plan", problem, _deadline(s, req.deadline_ms), params)

@@ -70,6 +70,10 @@ class PlanProblem:
     warm_start: dict[str, Any] | None = None
     """The `state` of a warm start the server returned earlier (already checked to fit model and solver)."""
     executed_steps: int = 0
+    context_frames: np.ndarray | None = None
+    """uint8 [K,H,W,3]: the K frames before the current one, when the history has them (for ood_score)."""
+    context_actions: np.ndarray | None = None
+    """float32 [K,A] native: the actions taken after each context frame."""
 
 
 @dataclass
@@ -85,6 +89,7 @@ class PlanOutcome:
     warm_start: dict[str, Any]
     """JSON-able state for the next call."""
     ood_score: float | None = None
+    """||predict(context) - encode(current)||_2 in energy units; None without context."""
 
 
 class Backend(Protocol):

@@ -152,6 +152,11 @@ def test_plan_returns_h_by_a_native_actions_within_bounds(client, ckpt):
     assert result.actions.shape == (5, 4) and result.model == ckpt[1]
     assert (result.actions >= np.array(LOW) - 1e-6).all() and (result.actions <= np.array(HIGH) + 1e-6).all()
     assert np.isfinite(result.energy) and result.plan_ms > 0
+    assert result.ood_score is None  # one history entry: too short to predict the current frame (K=2)
+    hist = [(frame(7), [0.0, 0.01, 0.0, 0.5]), (frame(0), [0.01, 0.0, 0.0, 0.5])]
+    scored = client.plan(frame(1), goal, history=hist)
+    assert scored.ood_score is not None and scored.ood_score > 0
+    np.testing.assert_allclose(scored.actions, result.actions, atol=1e-6)  # the older frame only scores OOD
     again = client.plan(frame(2), goal, warm_start=result.warm_start, executed_steps=1)
     assert again.actions.shape == (5, 4)
     longer = client.plan(
