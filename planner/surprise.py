@@ -261,10 +261,11 @@ def benchmark(cfg: SurpriseConfig) -> dict:
     env_kwargs = dict(train.get("env_kwargs", {})) if train.get("env_id") == cfg.env else {}
     env_kwargs.update(image_size=int(ck["image"]["size"]), render_goal=False)
     env = make_env(cfg.env, **env_kwargs)
+    if cfg.steps <= k:
+        raise ValueError(f"--steps must exceed the model's history length {k} (clean context before the "
+                         f"violation), got {cfg.steps}")
     clip_cfg = ClipConfig(steps=cfg.steps, violation_min=max(k, min(6, cfg.steps - 1)),
                           violation_max=max(k, min(10, cfg.steps - 1)))
-    if clip_cfg.violation_min < k:
-        raise ValueError(f"--steps {cfg.steps} is too short for history length {k}")
     untrained = _untrained_like(loaded, cfg.seed, cfg.device)
     detectors = [
         _Detector("world_model", lambda f, a: prediction_errors(model, f, a, cfg.device)),
