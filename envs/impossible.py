@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from envs.arm import BLOCK_HALF, ArmEnv
+from envs.arm import ArmEnv
 
 KINDS: tuple[str, ...] = ("vanish", "teleport", "recolor", "resize", "fall_through")
 """Violation kinds, in the order reports list them."""
@@ -38,7 +38,8 @@ TELEPORT_LOW = np.array([0.20, -0.25])
 TELEPORT_HIGH = np.array([0.56, 0.25])
 """Where a teleported block may land (xy, metres): on the table, in the workspace camera's view."""
 FALL_SINK_M = 0.035
-"""fall_through: how far the block's centre drops into the table at the violation step (then it falls)."""
+"""fall_through: how far the block's centre drops at the violation step (a resting block ends up 60% inside
+the table), after which it falls with no contacts."""
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,7 @@ def _violate(kind: str, env: ArmEnv, blk: _Block, camera: _BlockCamera, rng: np.
     elif kind == "fall_through":
         blk.disable_contacts()
         xyz = env.block_position()
-        blk.move([xyz[0], xyz[1], min(xyz[2], BLOCK_HALF) - FALL_SINK_M])
+        blk.move([xyz[0], xyz[1], xyz[2] - FALL_SINK_M])
     else:
         raise ValueError(f"unknown violation kind {kind!r}; choose from {', '.join(KINDS)}")
 
