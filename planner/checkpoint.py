@@ -217,6 +217,20 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _training_lines(config: dict) -> list[str]:
+    t = config.get("training", {})
+    if not t:
+        return ["(not recorded)"]
+    obj = t.get("objective", {})
+    return [
+        f"- steps {t.get('steps')}, batch {t.get('batch_size')}, lr {t.get('lr')} (AdamW, warmup "
+        f"{t.get('warmup_steps')}, cosine), seed {t.get('seed')}",
+        f"- objective: teacher forcing + {obj.get('rollout_steps')}-step rollout loss, regularizer "
+        f"`{obj.get('regularizer')}`, EMA target {obj.get('ema_target')}, temporal-ordering weight "
+        f"{obj.get('temporal_weight')} (span {obj.get('temporal_span')})",
+    ]
+
+
 def render_card(config: dict, name: str, commands: list[str] | None = None) -> str:
     """card.md text: what the model is, the data and config it was trained with, metrics, exact commands."""
     data = config.get("training_data", {})
@@ -237,6 +251,10 @@ def render_card(config: dict, name: str, commands: list[str] | None = None) -> s
         f"- episodes: {data.get('episodes')} (train {data.get('train_episodes')}, "
         f"validation {data.get('val_episodes')})",
         "",
+        "## Training",
+        "",
+        *_training_lines(config),
+        "",
         "## Architecture",
         "",
         "| key | value |",
@@ -245,7 +263,10 @@ def render_card(config: dict, name: str, commands: list[str] | None = None) -> s
         "",
         "## Validation metrics",
         "",
-        f"goal_energy_threshold: {_fmt(config.get('goal_energy_threshold'))}",
+        f"goal_energy_threshold: {_fmt(config.get('goal_energy_threshold'))} "
+        f"(calibration: {config.get('goal_energy_calibration', 'not recorded')})",
+        "",
+        "Metric definitions: docs/MODEL.md (Quality report). Re-measure with `planner quality`.",
         "",
         "| metric | value |",
         "|---|---|",
