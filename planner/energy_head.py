@@ -134,6 +134,6 @@ def fit_energy_head(
         loss.backward()
         opt.step()
     head.eval()
-    fit = EnergyHeadFit(float(d_trans.mean()), float(d_rand.mean()),
+    fit = EnergyHeadFit(float(d_trans.detach().mean()), float(d_rand.detach().mean()),
                         float(F.softplus(raw_multiplier.detach())), float(violation))
     return head, fit
