@@ -402,7 +402,8 @@ def _goal(request: Request, goal: GoalImage | GoalRef, spec: ModelSpec, resize: 
     image = _decode(goal.image, spec, resize, f"{what}.image")
     proprio = _vector(goal.proprio, spec.proprio_dim, f"{what}.proprio")
     gid = goal_id_of(spec.name, image, proprio)
-    return gid, cache.get(gid), (None if cache.get(gid) is not None else image), proprio
+    z = cache.get(gid)
+    return gid, z, (image if z is None else None), proprio
 
 
 def _deadline(settings: Settings, deadline_ms: float | None) -> float:
