@@ -392,7 +392,7 @@ def plot_clips(named_clips: list, results: list[SurpriseResult], violation_step:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=80)
     plt.close(fig)
     tmp.replace(path)
 
