@@ -256,6 +256,9 @@ def benchmark(cfg: SurpriseConfig) -> dict:
     t0 = time.perf_counter()
     loaded = load(cfg.checkpoint, cfg.device)
     model, ck = loaded.model, loaded.config
+    if not all(hasattr(model, m) for m in ("encode", "predict", "history_len")):
+        raise ValueError(f"{cfg.checkpoint}: model_type {ck['model_type']!r} has no latent encoder + "
+                         "predictor; surprise needs a world-model checkpoint")
     k = model.history_len
     train = ck.get("training_data", {})
     env_kwargs = dict(train.get("env_kwargs", {})) if train.get("env_id") == cfg.env else {}
