@@ -24,6 +24,7 @@ class AgentBackend:
 
     def __init__(self, loaded: checkpoint.Loaded, device: str = "cpu") -> None:
         cfg = loaded.config
+        self.config = cfg
         planner_cfg = cfg.get("planner", {}) or {}
         agent = MPCAgent(loaded, planner_cfg.get("solver", "cem"), device=device)
         self.agent = agent.with_planner(
@@ -163,3 +164,27 @@ class AgentBackend:
         if goal_latent is not None:
             out["energies"] = energy(zs, torch.as_tensor(goal_latent, device=a.device)).cpu().tolist()
         return out
+
+    def surprise(self, frames: np.ndarray, actions: np.ndarray) -> dict:
+        """planner.surprise.score_clip, calibrated by `surprise` in config.json when the checkpoint has it."""
+        from planner.surprise import DEFAULT_FLAG_THRESHOLD, score_clip
+
+        a = self.agent
+        calib = self.config.get("surprise") or {}
+        r = score_clip(
+            a.model,
+            frames,
+            a.action_spec.to_normalized(actions),
+            device=a.device,
+            typical_error=calib.get("typical_error"),
+            threshold=float(calib.get("threshold", DEFAULT_FLAG_THRESHOLD)),
+        )
+        return {
+            "errors": r.errors.tolist(),
+            "normalized": r.normalized.tolist(),
+            "flagged": r.flagged,
+            "score": r.score,
+            "peak_step": r.peak_step,
+            "typical_error": r.typical_error,
+            "threshold": r.threshold,
+        }

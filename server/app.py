@@ -47,6 +47,7 @@ from server.schemas import (
     RolloutRequest,
     RolloutResponse,
     SurpriseRequest,
+    SurpriseResponse,
     WarmStart,
 )
 from server.settings import Settings
@@ -600,10 +601,25 @@ def _add_routes(app: FastAPI) -> None:
         out, *_ = await _run(request, Job("rollout", (frames, prev, acts, goal_latent), _deadline(s, None)))
         return RolloutResponse(model=spec.name, **out)
 
-    @app.post("/v1/surprise", dependencies=auth, responses={**ERRORS, 501: {"model": ErrorResponse}})
+    @app.post("/v1/surprise", response_model=SurpriseResponse, dependencies=auth, responses=ERRORS)
     async def surprise(req: SurpriseRequest, request: Request):
-        """Not served in this version (501): run `planner surprise` offline."""
-        raise HTTPException(501, "/v1/surprise is not served by this version; run `planner surprise` offline")
+        """Physical surprise of a clip: the world model's per-step prediction error (docs/SURPRISE.md)."""
+        spec = _spec(request)
+        s: Settings = request.app.state.settings
+        k = spec.history_len
+        if len(req.actions) != len(req.frames) - 1:
+            raise HTTPException(
+                422,
+                f"send T+1 frames and T actions; got {len(req.frames)} frames and {len(req.actions)} actions",
+            )
+        if not k <= len(req.actions) <= s.max_history * 8:
+            raise HTTPException(
+                422, f"send {k + 1}..{s.max_history * 8 + 1} frames (the model's history length is {k})"
+            )
+        frames = np.stack([_decode(f, spec, req.resize, f"frames[{i}]") for i, f in enumerate(req.frames)])
+        acts = np.stack([_vector(a, spec.action_dim, f"actions[{i}]") for i, a in enumerate(req.actions)])
+        out, *_ = await _run(request, Job("surprise", (frames, acts), _deadline(s, None)))
+        return SurpriseResponse(model=spec.name, **out)
 
 
 def _b64(data: bytes) -> str:

@@ -126,8 +126,26 @@ class RolloutResponse(BaseModel):
 
 
 class SurpriseRequest(Strict):
-    frames: list[str]
-    actions: list[list[float]]
+    frames: list[str] = Field(description="T+1 consecutive camera frames, oldest first (" + IMAGE_DOC + ")")
+    actions: list[list[float]] = Field(
+        description="T native actions, actions[t] taken between frames t and t+1."
+    )
+    resize: bool = False
+
+
+class SurpriseResponse(BaseModel):
+    errors: list[float] = Field(
+        description="Per-step squared latent prediction error ||predict - z[t+1]||^2."
+    )
+    normalized: list[float] = Field(description="errors / typical_error.")
+    flagged: list[int] = Field(
+        description="Steps whose normalized error exceeds threshold (t >= history_len-1)."
+    )
+    score: float = Field(description="Max normalized error over the scored steps.")
+    peak_step: int
+    typical_error: float = Field(description="From the checkpoint's calibration, else the clip's own median.")
+    threshold: float
+    model: str
 
 
 class ActionSpace(BaseModel):

@@ -41,7 +41,7 @@ class DeviceOutOfMemory(Exception):
 @dataclass
 class Job:
     kind: str
-    """plan | goals | embed | rollout"""
+    """plan | goals | embed | rollout | surprise"""
     payload: Any
     deadline: float
     """time.monotonic() after which the result is useless."""
@@ -230,6 +230,8 @@ class ModelWorker:
             return [backend.encode(jobs[0].payload[None])[0]]
         if kind == "rollout":
             return [backend.rollout(*jobs[0].payload)]
+        if kind == "surprise":
+            return [backend.surprise(*jobs[0].payload)]
         raise ValueError(f"unknown job kind {kind!r}")
 
     def _drain_with(self, error: Exception) -> None:

@@ -216,8 +216,15 @@ def test_rollout_embed_and_surprise(client):
     assert r.status_code == 422 and "actions[0]" in r.json()["detail"]
     e = client.post("/v1/embed", json={"image": b64(51)}).json()["embedding"]
     assert e == pytest.approx([0.2, 0.2, 0.2])
-    r = client.post("/v1/surprise", json={"frames": [], "actions": []})
-    assert r.status_code == 501 and "planner surprise" in r.json()["detail"]
+    r = client.post(
+        "/v1/surprise", json={"frames": [b64(10), b64(20), b64(80)], "actions": [[0, 0, 0, 0]] * 2}
+    )
+    assert r.status_code == 200, r.text
+    assert len(r.json()["errors"]) == 2 and r.json()["peak_step"] == 1
+    r = client.post("/v1/surprise", json={"frames": [b64(10), b64(20)], "actions": [[0, 0, 0, 0]] * 2})
+    assert r.status_code == 422 and "T+1 frames and T actions" in r.json()["detail"]
+    r = client.post("/v1/surprise", json={"frames": [b64(10), b64(20)], "actions": [[0, 0, 0, 0]]})
+    assert r.status_code == 422 and "history length is 2" in r.json()["detail"]
 
 
 def test_request_id_echoed_and_logged(client, caplog):

@@ -102,3 +102,16 @@ class FakeBackend:
             "latent_norms": np.linalg.norm(zs, axis=1).tolist(),
             "latent_change": np.linalg.norm(zs - z0, axis=1).tolist(),
         }
+
+    def surprise(self, frames, actions):
+        z = self.encode(frames)
+        errors = (np.linalg.norm(np.diff(z, axis=0), axis=1) ** 2).tolist()
+        return {
+            "errors": errors,
+            "normalized": errors,
+            "flagged": [],
+            "score": max(errors),
+            "peak_step": int(np.argmax(errors)),
+            "typical_error": 1.0,
+            "threshold": 10.0,
+        }
