@@ -135,5 +135,5 @@ def fit_energy_head(
         opt.step()
     head.eval()
     fit = EnergyHeadFit(float(d_trans.detach().mean()), float(d_rand.detach().mean()),
-                        float(F.softplus(raw_multiplier.detach())), float(violation))
+                        float(F.softplus(raw_multiplier.detach())), float(violation.detach()))
     return head, fit

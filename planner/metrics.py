@@ -129,6 +129,29 @@ def encode_episodes(model, episodes: Iterable, device: str | torch.device = "cpu
     )
 
 
+@torch.no_grad()
+def in_energy_space(model, encoded: EncodedEpisodes) -> EncodedEpisodes:
+    """The same episodes with latents (and goal latents) mapped by `model.energy_embed`, so that the energy
+    metrics and the goal-threshold calibration measure the distance the planner uses. Identity for models
+    without an energy head."""
+    embed = getattr(model, "energy_embed", None)
+    if embed is None or getattr(model, "energy_head", None) is None:
+        return encoded
+    device = next(model.parameters()).device
+
+    def mapped(z: torch.Tensor) -> torch.Tensor:
+        return embed(z.to(device)).float().cpu()
+
+    return EncodedEpisodes(
+        latents=[mapped(z) for z in encoded.latents],
+        actions=encoded.actions,
+        task_states=encoded.task_states,
+        goal_latents=None if encoded.goal_latents is None else mapped(encoded.goal_latents),
+        goal_task_states=encoded.goal_task_states,
+        proprio=encoded.proprio,
+    )
+
+
 def latent_distance(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     """The energy: ||z - goal||_2 over the last dim; [..., D], [..., D] -> [...]."""
     return torch.linalg.vector_norm(z - goal, dim=-1)

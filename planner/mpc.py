@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from planner.objectives import ObjectiveConfig, energy, make_objective
+from planner.objectives import ObjectiveConfig, energy, energy_space, make_objective
 from planner.preprocess import images_to_model_input
 from planner.solvers import SolverConfig, make_solver, shift_plan, solve, validate_budget, with_budget
 
@@ -237,8 +237,10 @@ class MPCAgent:
                     init=init, generator=gen, device=self.device)
         with torch.no_grad():
             final = self.model.rollout(z, a_prev, sol.actions[:, None])[:, 0, -1]
-            e_plan = energy(final, goal).cpu().numpy()
-            e_now = energy(z[:, -1], goal).cpu().numpy()
+            embed = energy_space(self.model)
+            e_goal = embed(goal)
+            e_plan = energy(embed(final), e_goal).cpu().numpy()
+            e_now = energy(embed(z[:, -1]), e_goal).cpu().numpy()
         norm = sol.actions.detach().cpu().numpy().astype(np.float32)
         state = sol.state.detach().cpu().numpy()
         warm = [

@@ -1,9 +1,10 @@
 """Planning objectives: candidate action sequences -> cost, built from a world model and a goal latent.
 
 The energy everywhere (goal_reached, calibration in planner.metrics, reports) is the Euclidean distance
-||z - z_goal||_2 between latents. The planning cost may differ from it: L1 or L2, at the final step or
-averaged/weighted over the horizon, plus an optional action-smoothness term. Our world models do not
-predict proprioception, so there is no proprio term (a goal's proprio is not used for planning).
+||e(z) - e(z_goal)||_2 where e = model.energy_embed: the learned energy head when the checkpoint has one
+(planner.energy_head), else the identity on latents. The planning cost may differ from it: L1 or L2, at
+the final step or averaged/weighted over the horizon, plus an optional action-smoothness term. Our world
+models do not predict proprioception, so there is no proprio term (a goal's proprio is not used for planning).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def energy(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(z - goal, dim=-1)
 
 
+def energy_space(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's map from latents [..., D] into the energy's space (identity for models without one)."""
+    return getattr(model, "energy_embed", None) or (lambda z: z)
+
+
 def latent_distance(z: torch.Tensor, goal: torch.Tensor, kind: str) -> torch.Tensor:
     """[..., D], [..., D] -> [...] by `kind` (l2 or l1)."""
     if kind == "l2":
@@ -95,12 +101,14 @@ def make_objective(
         with torch.no_grad():
             goal = model.decode(z_goal).flatten(1)[:, None, None, :]  # [B,1,1,P]
     else:
-        goal = z_goal[:, None, None, :]  # [B,1,1,D]
+        embed = energy_space(model)
+        with torch.no_grad():
+            goal = embed(z_goal)[:, None, None, :]  # [B,1,1,E]
 
     def distance(z: torch.Tensor) -> torch.Tensor:
         """[B,S,H',D] -> [B,S,H'] in the objective's space."""
         if cfg.space == "latent":
-            return latent_distance(z, goal, cfg.distance)
+            return latent_distance(embed(z), goal, cfg.distance)
         frames = model.decode(z.flatten(0, 2)).view(*z.shape[:3], -1)  # [B,S,H',P]
         per_pixel = latent_distance(frames, goal, cfg.distance)
         return per_pixel / (frames.shape[-1] ** 0.5 if cfg.distance == "l2" else frames.shape[-1])

@@ -28,11 +28,13 @@ from torch import nn
 
 from planner import checkpoint
 from planner.data import WindowDataset, WindowSpec, episode_lengths, split_episodes
+from planner.energy_head import EnergyHeadConfig, fit_energy_head
 from planner.metrics import (
     calibrate_goal_energy_threshold,
     collapse_stats,
     encode_episodes,
     energy_rank_correlation,
+    in_energy_space,
     kstep_prediction_error,
     linear_probe_r2,
 )
@@ -100,6 +102,12 @@ class TrainConfig:
     """... or their mean per-dimension std stays below this ..."""
     collapse_patience: int = 50
     """... for this many consecutive steps."""
+    fit_energy_head: bool = True
+    """After training, fit the energy head (planner.energy_head: a learned steps-to-goal distance on the
+    frozen latents) that the planner's energy and goal threshold then use."""
+    energy_head_episodes: int = 2000
+    """Training episodes (spread over the store) whose latents the energy head is fitted on."""
+    energy_head: EnergyHeadConfig = field(default_factory=EnergyHeadConfig)
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
@@ -187,6 +195,9 @@ def resolve_device(cfg: TrainConfig, d: Dist) -> torch.device:
 def check_store(store: TrajectoryStore, cfg: TrainConfig) -> list[int]:
     """Episodes of the store after checking it matches the model config; raises TrainError."""
     meta = store.meta
+    if cfg.model.energy_head_dim:
+        raise TrainError("--model.energy-head-dim is set by the energy-head fit after training; "
+                         "use --energy-head.dim (and --no-fit-energy-head to skip the fit)")
     if meta.image_size != cfg.model.image_size:
         raise TrainError(
             f"{store.path / META_FILE}: images are {meta.image_size}x{meta.image_size} but the model expects "
@@ -303,6 +314,17 @@ def spread(indices: list[int], n: int) -> list[int]:
     return [indices[int(i * step)] for i in range(n)]
 
 
+def fit_head(model: WorldModel, store: TrajectoryStore, train_eps: list[int], cfg: TrainConfig,
+             device: torch.device) -> dict:
+    """Fit and attach the energy head on frozen latents of training episodes; returns fit diagnostics."""
+    model.eval()
+    with torch.no_grad():
+        enc = encode_episodes(model, store.iter_episodes(spread(train_eps, cfg.energy_head_episodes)), device)
+    head, fit = fit_energy_head(enc.latents, cfg.model.latent_dim, cfg.energy_head, device=device)
+    model.attach_energy_head(head)
+    return {f"energy_head_{k}": v for k, v in asdict(fit).items()}
+
+
 @torch.no_grad()
 def validate(
     model: WorldModel,
@@ -335,6 +357,7 @@ def validate(
     for i in (0, len(ks.k) - 1):
         m[f"kstep_ratio_k{ks.k[i]}"] = ks.ratio[i]
         m[f"action_sensitivity_k{ks.k[i]}"] = ks.action_sensitivity[i]
+    enc_val, enc_tr = in_energy_space(model, enc_val), in_energy_space(model, enc_tr)
     energy = energy_rank_correlation(enc_val)
     for name, rho in energy.spearman.items():
         m[f"energy_spearman_{name}"] = rho
@@ -479,7 +502,9 @@ def run(cfg: TrainConfig) -> Path | None:
         return None
     path = None
     if d.main:
+        head_fit = fit_head(model, store, train_eps, cfg, device) if cfg.fit_energy_head else {}
         metrics, threshold = validate(model, store, train_eps, val_eps, cfg, device, success_threshold)
+        metrics.update(head_fit)
         val_log.write({"step": end - 1, **metrics})
         path = write_checkpoint(cfg, model, store, indices, train_eps, val_eps, metrics, threshold)
         print(f"wrote {path} ({checkpoint.checkpoint_name(path)}); metrics: "

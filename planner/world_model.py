@@ -8,11 +8,13 @@ target encoder, temporal-ordering energy shaping) lives here too, as pure functi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from planner.energy_head import EnergyHead
 
 
 @dataclass
@@ -35,6 +37,11 @@ class WorldModelConfig:
     """Predictor hidden width."""
     pred_blocks: int = 1
     """Residual blocks (LayerNorm -> Linear -> GELU -> Linear) in the predictor."""
+    energy_head_dim: int = 0
+    """E of the energy head (planner.energy_head) fitted after training; 0: no head, the energy is the raw
+    latent distance. Set by the fit, not by hand."""
+    energy_head_hidden: int = 256
+    """Hidden width of the energy head (when energy_head_dim > 0)."""
 
     def __post_init__(self) -> None:
         self.enc_channels = tuple(int(c) for c in self.enc_channels)
@@ -121,9 +128,12 @@ class WorldModel(nn.Module):
 
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = replace(cfg)  # own copy: attach_energy_head updates it, never the caller's config
         self.encoder = Encoder(cfg)
         self.predictor = Predictor(cfg)
+        self.energy_head = None
+        if cfg.energy_head_dim:
+            self.energy_head = EnergyHead(cfg.latent_dim, cfg.energy_head_dim, cfg.energy_head_hidden)
 
     @property
     def history_len(self) -> int:
@@ -137,6 +147,17 @@ class WorldModel(nn.Module):
                 f"got {tuple(images.shape)}"
             )
         return self.encoder(images)
+
+    def energy_embed(self, z: torch.Tensor) -> torch.Tensor:
+        """z [..., D] -> the space the planning energy is measured in: [..., E] through the energy head,
+        or z itself when the model has none. energy(z, g) = ||energy_embed(z) - energy_embed(g)||_2."""
+        return z if self.energy_head is None else self.energy_head(z)
+
+    def attach_energy_head(self, head: EnergyHead) -> None:
+        """Install a fitted energy head (recorded in cfg, so it saves and loads with the checkpoint)."""
+        self.energy_head = head
+        self.cfg.energy_head_dim = head.net[-1].out_features
+        self.cfg.energy_head_hidden = head.net[0].out_features
 
     def predict(self, z_hist: torch.Tensor, a_hist: torch.Tensor) -> torch.Tensor:
         """z_hist [B,K,D], a_hist [B,K,A] (a_hist[:, -1] taken at the last frame) -> z_next [B,D]."""

@@ -9,7 +9,7 @@ import torch
 
 from planner import checkpoint
 from planner.mpc import MPCAgent, WarmStart
-from planner.objectives import energy
+from planner.objectives import energy, energy_space
 from planner.preprocess import Preprocessing
 from planner.solvers import SOLVERS
 from server.backend import ModelSpec, PlannerParams, PlanOutcome, PlanProblem
@@ -162,7 +162,9 @@ class AgentBackend:
             "latent_change": energy(zs, now).cpu().tolist(),
         }
         if goal_latent is not None:
-            out["energies"] = energy(zs, torch.as_tensor(goal_latent, device=a.device)).cpu().tolist()
+            embed = energy_space(a.model)
+            goal = embed(torch.as_tensor(goal_latent, device=a.device))
+            out["energies"] = energy(embed(zs), goal).cpu().tolist()
         return out
 
     def surprise(self, frames: np.ndarray, actions: np.ndarray) -> dict:

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from planner.checkpoint import load
 from planner.data import WindowDataset, WindowSpec, split_episodes
+from planner.energy_head import EnergyHeadConfig
 from planner.store import Episode, StoreMeta, TrajectoryStore
 from planner.train import CollapseError, CollapseMonitor, TrainConfig, TrainError, lr_at, run
 from planner.world_model import ObjectiveConfig, WorldModelConfig
@@ -76,7 +77,8 @@ OBJ = ObjectiveConfig(rollout_steps=3, temporal_span=5)
 def tiny_cfg(store_path: Path, tmp: Path, **kw) -> TrainConfig:
     base = dict(data=store_path, out=tmp / "ckpt", log_dir=tmp / "log", steps=20, device="cpu", batch_size=16,
                 warmup_steps=5, lr=3e-3, workers=0, episodes_per_batch=8, val_every=0, val_episodes=3,
-                save_every=10, success_threshold=0.1, collapse_patience=5, model=MODEL, objective=OBJ)
+                save_every=10, success_threshold=0.1, collapse_patience=5, model=MODEL, objective=OBJ,
+                energy_head=EnergyHeadConfig(dim=4, hidden=16, steps=20, batch_size=32))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -88,7 +90,8 @@ def cli_args(cfg_dir: Path, store_path: Path, steps: int) -> list[str]:
             "--workers", "1", "--episodes-per-batch", "4", "--val-every", "0", "--val-episodes", "3",
             "--success-threshold", "0.1", "--threads", "1", "--model.image-size", str(S),
             "--model.action-dim", "2", "--model.latent-dim", "16", "--model.enc-channels", "8", "16", "16",
-            "--model.pred-hidden", "64", "--objective.rollout-steps", "3", "--objective.temporal-span", "5"]
+            "--model.pred-hidden", "64", "--objective.rollout-steps", "3", "--objective.temporal-span", "5",
+            "--energy-head.steps", "20", "--energy-head.hidden", "16", "--energy-head.batch-size", "32"]
 
 
 def read_log(path: Path) -> list[dict]:
@@ -132,6 +135,11 @@ def test_tiny_run_lowers_loss_keeps_rank_and_writes_checkpoint(store_path, tmp_p
     assert c["goal_energy_threshold"] > 0 and "probe_r2_task_state" in c["metrics"]
     assert c["metrics"]["effective_rank"] > 2.0
     assert "energy_spearman_goal" in c["metrics"]
+    # the energy head is fitted after training and ships in the same checkpoint
+    assert c["architecture"]["energy_head_dim"] == 4 and loaded.model.energy_head is not None
+    assert c["training"]["model"]["energy_head_dim"] == 0  # the caller's config is not mutated
+    m = c["metrics"]
+    assert 0 < m["energy_head_transition_distance"] < m["energy_head_random_pair_distance"]
     assert (path / "card.md").read_text().count("probe_r2_task_state") == 1
 
 
