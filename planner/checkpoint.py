@@ -236,14 +236,19 @@ def render_card(config: dict, name: str, commands: list[str] | None = None) -> s
     data = config.get("training_data", {})
     metrics = config.get("metrics", {})
     arch = config.get("architecture", {})
+    energy = (
+        "the distance between the energy-head embeddings of the imagined latents and the goal image's latent "
+        "(a steps-to-goal distance fitted on the frozen latents, planner.energy_head)"
+        if arch.get("energy_head_dim")
+        else "the L2 distance between the imagined latents and the goal image's latent"
+    )
     lines = [
         f"# {name}",
         "",
         config.get("description")
         or f"A `{config.get('model_type')}` latent world model for goal-image planning "
         f"(encode a {config['image']['size']}x{config['image']['size']} RGB image to a latent, predict the "
-        f"next latent from {config['history_len']} latents and actions). Plan by minimising the L2 distance "
-        "between the imagined final latent and the goal image's latent.",
+        f"next latent from {config['history_len']} latents and actions). Plan by minimising {energy}.",
         "",
         "## Training data",
         "",
