@@ -550,18 +550,24 @@ def flat_ranges(bins: list[EnergyBin]) -> list[tuple[float, float]]:
 
 @dataclass
 class GoalThreshold:
-    """Latent distance below which a state counts as at the goal, and how it was chosen.
+    """Energy below which a state counts as at the goal, and how it was chosen.
 
-    `source`: `goal` (states vs their episode's goal image) or `states` (pairs of recorded states, used
-    when too few states came within the success threshold of their goal). `false_accept_rate`: share of
-    pairs farther than the success threshold whose latent distance is below the threshold.
+    Rule: the `boundary_accept` quantile of the energy over near misses, pairs whose true distance lies in
+    [success_threshold, band * success_threshold): an agent that stops when the energy falls below it stops
+    at a state just outside success at most that often. `source`: `goal` (states vs their episode's goal
+    image) or `states` (pairs of recorded states within episodes, used when too few states came near their
+    goal). `recall`: share of pairs truly within the success threshold that the threshold accepts;
+    `false_accept_rate`: share of all pairs beyond the success threshold that it accepts.
     """
 
     threshold: float
-    quantile: float
+    boundary_accept: float
+    band: float
     success_threshold: float
     source: str
     n_close: int
+    n_band: int
+    recall: float
     false_accept_rate: float
 
     def to_dict(self) -> dict:
@@ -569,34 +575,35 @@ class GoalThreshold:
 
 
 def calibrate_goal_energy_threshold(encoded: EncodedEpisodes, success_threshold: float,
-                                    quantile: float = 0.9, min_pairs: int = 20, n_pairs: int = 20000,
-                                    seed: int = 0) -> GoalThreshold:
-    """Rule: the `quantile` of latent distance over pairs whose true task distance < `success_threshold`.
+                                    boundary_accept: float = 0.05, band: float = 1.5, min_pairs: int = 20,
+                                    n_pairs: int = 20000, seed: int = 0) -> GoalThreshold:
+    """The goal_reached energy threshold by the rule of `GoalThreshold` (energies from `encoded`'s latents:
+    map them with `in_energy_space` first when the model has an energy head)."""
+    if not success_threshold > 0 or not 0 < boundary_accept < 1 or not band > 1:
+        raise ValueError(f"need success_threshold > 0, 0 < boundary_accept < 1 and band > 1, got "
+                         f"{success_threshold}, {boundary_accept} and {band}")
 
-    Pairs are each state vs its own episode's goal image (what planning compares) when at least
-    `min_pairs` such states exist; otherwise `n_pairs` seeded pairs of states within the same episode
-    (goal images may show the arm in a fixed pose, so prefer the goal pairing when data allows).
-    """
-    if not success_threshold > 0 or not 0 < quantile <= 1:
-        raise ValueError(f"need success_threshold > 0 and 0 < quantile <= 1, "
-                         f"got {success_threshold} and {quantile}")
-    true_d = lat_d = None
+    def split(true_d):
+        return true_d < success_threshold, (true_d >= success_threshold) & (true_d < band * success_threshold)
+
     source = "goal"
+    true_d = lat_d = None
     if encoded.has_goals:
         true_d, lat_d = goal_pair_distances(encoded)
-    if true_d is None or int((true_d < success_threshold).sum()) < min_pairs:
+    if true_d is None or min(int(m.sum()) for m in split(true_d)) < min_pairs:
         source = "states"
         true_d, lat_d = sample_pair_distances(encoded, n_pairs, np.random.default_rng(seed), across=False)
-    close = true_d < success_threshold
-    n_close = int(close.sum())
-    if n_close < min_pairs:
-        raise ValueError(f"only {n_close} pairs closer than success_threshold={success_threshold}; need "
-                         f"{min_pairs}: use more episodes or a larger n_pairs")
-    thr = float(np.quantile(lat_d[close], quantile))
+    close, near_miss = split(true_d)
+    n_close, n_band = int(close.sum()), int(near_miss.sum())
+    if min(n_close, n_band) < min_pairs:
+        raise ValueError(f"only {n_close} pairs closer than success_threshold={success_threshold} and "
+                         f"{n_band} near misses; need {min_pairs} of each: use more episodes or more pairs")
+    thr = float(np.quantile(lat_d[near_miss], boundary_accept))
     far = ~close
-    far_accept = float((lat_d[far] < thr).mean()) if far.any() else float("nan")
-    return GoalThreshold(threshold=thr, quantile=quantile, success_threshold=success_threshold, source=source,
-                         n_close=n_close, false_accept_rate=far_accept)
+    return GoalThreshold(threshold=thr, boundary_accept=boundary_accept, band=band,
+                         success_threshold=success_threshold, source=source, n_close=n_close, n_band=n_band,
+                         recall=float((lat_d[close] <= thr).mean()),
+                         false_accept_rate=float((lat_d[far] <= thr).mean()) if far.any() else float("nan"))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -116,7 +116,8 @@ def quality_report(model, encoded_val: M.EncodedEpisodes, encoded_train: M.Encod
                                               z_test, np.concatenate(probe_test.proprio)).to_dict()
     kstep = M.kstep_prediction_error(model, encoded_val, history_len, k_max=cfg.k_max, device=cfg.device,
                                      batch_size=cfg.batch_size, seed=cfg.seed)
-    energy = M.energy_rank_correlation(encoded_val, n_pairs=cfg.pairs, seed=cfg.seed)
+    in_energy = M.in_energy_space(model, encoded_val)  # the distance the planner uses
+    energy = M.energy_rank_correlation(in_energy, n_pairs=cfg.pairs, seed=cfg.seed)
     report = {
         "collapse": M.collapse_stats(encoded_val.all_latents()),
         "probe": probes,
@@ -126,7 +127,7 @@ def quality_report(model, encoded_val: M.EncodedEpisodes, encoded_train: M.Encod
     }
     try:
         report["goal_threshold"] = M.calibrate_goal_energy_threshold(
-            encoded_val, success_threshold, seed=cfg.seed).to_dict()
+            in_energy, success_threshold, seed=cfg.seed).to_dict()
     except ValueError as e:  # too few close pairs in this data: report why instead of a number
         report["goal_threshold"] = {"error": str(e)}
     return report, energy
@@ -164,8 +165,10 @@ def format_table(report: dict) -> str:
     rows.append((f"flat ranges [m] ({which})", ", ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in flat) or "none"))
     g = report["goal_threshold"]
     rows.append(("goal threshold", g["error"] if "error" in g else
-                 f"{g['threshold']:.4g} (q{g['quantile']:.2f} of {g['n_close']} {g['source']} pairs "
-                 f"< {g['success_threshold']} m; false accept {g['false_accept_rate']:.1%})"))
+                 f"{g['threshold']:.4g} (accepts {g['boundary_accept']:.0%} of {g['n_band']} near-miss "
+                 f"{g['source']} pairs, {g['recall']:.0%} of {g['n_close']} within "
+                 f"{g['success_threshold']} m; "
+                 f"false accept {g['false_accept_rate']:.1%})"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
