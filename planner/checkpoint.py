@@ -286,3 +286,46 @@ def render_card(config: dict, name: str, commands: list[str] | None = None) -> s
     ]
     return "\n".join(lines)
 
+
+
+INDEX_FILE = "index.json"
+
+
+def build_index(root: str | os.PathLike) -> dict:
+    """The index of the checkpoints shipped under `root`: one entry per subdirectory with a config.json
+    (name, path relative to root, model_type, env, sha256 and size of the weights, its card)."""
+    root = Path(root)
+    entries = []
+    for cfg_path in sorted(root.glob(f"*/{CONFIG_FILE}")):
+        path = cfg_path.parent
+        cfg = read_config(path)
+        weights = path / WEIGHTS_FILE
+        sha = file_sha256(weights)
+        entries.append({
+            "name": checkpoint_name(path, sha),
+            "path": path.name,
+            "model_type": cfg["model_type"],
+            "env_id": cfg.get("training_data", {}).get("env_id"),
+            "image_size": cfg["image"]["size"],
+            "action_dim": cfg["action"]["dim"],
+            "weights_sha256": sha,
+            "weights_bytes": weights.stat().st_size,
+            "goal_energy_threshold": cfg.get("goal_energy_threshold"),
+            "card": f"{path.name}/{CARD_FILE}",
+        })
+    return {"format_version": FORMAT_VERSION, "checkpoints": entries}
+
+
+def write_index(root: str | os.PathLike) -> Path:
+    """Write root/index.json atomically from `build_index(root)`."""
+    root = Path(root)
+    tmp = root / f".{INDEX_FILE}.tmp"
+    tmp.write_text(json.dumps(build_index(root), indent=2) + "\n")
+    os.replace(tmp, root / INDEX_FILE)
+    return root / INDEX_FILE
+
+
+if __name__ == "__main__":  # python -m planner.checkpoint [ROOT]: rewrite ROOT/index.json
+    import sys
+
+    print(write_index(sys.argv[1] if len(sys.argv) > 1 else "checkpoints"))

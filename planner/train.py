@@ -532,7 +532,7 @@ def write_checkpoint(cfg: TrainConfig, model: WorldModel, store: TrajectoryStore
         "proprio": dict(meta.proprio_spec),
         "history_len": cfg.model.history_len,
         "training_data": {
-            "store": str(Path(store.path).resolve()),
+            "store": str(cfg.data),  # as given on the command line (the card repeats the command)
             "env_id": meta.env_id,
             "env_kwargs": meta.env_kwargs,
             "meta_hash": meta_hash,
