@@ -195,7 +195,7 @@ def resolve_device(cfg: TrainConfig, d: Dist) -> torch.device:
 def check_store(store: TrajectoryStore, cfg: TrainConfig) -> list[int]:
     """Episodes of the store after checking it matches the model config; raises TrainError."""
     meta = store.meta
-    if cfg.model.energy_head_dim:
+    if getattr(cfg.model, "energy_head_dim", 0):  # baseline model configs have no energy head
         raise TrainError("--model.energy-head-dim is set by the energy-head fit after training; "
                          "use --energy-head.dim (and --no-fit-energy-head to skip the fit)")
     if meta.image_size != cfg.model.image_size:
