@@ -82,6 +82,9 @@ class TrainConfig:
     val_episodes: int = 20
     """Held-out episodes used for validation metrics (also the number of training episodes used to fit
     probes and calibrate the goal-energy threshold)."""
+    calibration_episodes: int = 200
+    """Training episodes whose states (against their goal images, when enough come near them) calibrate
+    the goal-energy threshold."""
     save_every: int = 200
     """Save the training state every this many steps."""
     workers: int = 1
@@ -357,14 +360,16 @@ def validate(
     for i in (0, len(ks.k) - 1):
         m[f"kstep_ratio_k{ks.k[i]}"] = ks.ratio[i]
         m[f"action_sensitivity_k{ks.k[i]}"] = ks.action_sensitivity[i]
-    enc_val, enc_tr = in_energy_space(model, enc_val), in_energy_space(model, enc_tr)
+    enc_val = in_energy_space(model, enc_val)
     energy = energy_rank_correlation(enc_val)
     for name, rho in energy.spearman.items():
         m[f"energy_spearman_{name}"] = rho
     m["energy_flat_ranges"] = json.dumps([[round(a, 3), round(b, 3)] for a, b in energy.flat_ranges])
     threshold = None
     if success_threshold is not None:
-        threshold = calibrate_goal_energy_threshold(enc_tr, success_threshold).to_dict()
+        cal_eps = store.iter_episodes(spread(train_eps, cfg.calibration_episodes))
+        enc_cal = in_energy_space(model, encode_episodes(model, cal_eps, device))
+        threshold = calibrate_goal_energy_threshold(enc_cal, success_threshold).to_dict()
     model.train(was_training)
     return m, threshold
 
