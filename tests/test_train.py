@@ -211,3 +211,19 @@ def test_cli_torchrun_two_process_ddp(store_path, tmp_path):
     assert cfg["training"]["steps"] == 6 and cfg["commands"][0].startswith("planner train --data")
     assert len(read_log(tmp_path / "log" / "train_log.csv")) == 6
     load(tmp_path / "ckpt")
+
+
+def test_calibrate_rewrites_the_threshold_and_keeps_the_weights(store_path, tmp_path):
+    from planner.calibrate import CalibrateConfig
+    from planner.calibrate import run as calibrate
+
+    path = run(tiny_cfg(store_path, tmp_path, goal_margin=1.0))
+    before = load(path)
+    result = calibrate(CalibrateConfig(checkpoint=path, data=store_path, margin=0.5, episodes=20))
+    after = load(path)
+    assert after.name == before.name  # same weights, same name
+    assert after.config["goal_energy_threshold"] == result["threshold"]
+    assert result["margin"] == 0.5 and result["success_threshold"] == 0.05  # 0.5 x the task's 0.1
+    assert after.config["goal_energy_threshold"] <= before.config["goal_energy_threshold"]
+    with pytest.raises(ValueError, match="margin"):
+        calibrate(CalibrateConfig(checkpoint=path, data=store_path, margin=0.0))

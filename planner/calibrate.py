@@ -1,0 +1,77 @@
+"""`planner calibrate`: recompute a checkpoint's goal_reached energy threshold on a trajectory store.
+
+The same rule `planner train` applies at the end of training (planner.train.calibrate_goal_threshold),
+for when the rule's margin changes, or the checkpoint should be calibrated on other data of the same
+robot. Rewrites config.json and card.md atomically; the weights (and so the model's name) are unchanged.
+
+    planner calibrate --checkpoint checkpoints/arm-reach --data data/reach1k [--margin 0.5]
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class CalibrateConfig:
+    """Recalibrate a checkpoint's goal_reached energy threshold on a trajectory store."""
+
+    checkpoint: Path
+    """Checkpoint directory to update."""
+    data: Path
+    """Trajectory store of the robot the checkpoint serves (its validation split is left out)."""
+    margin: float = 0.5
+    """Calibrate for this fraction of the task's success distance."""
+    episodes: int = 200
+    """Training episodes (spread over the store) to calibrate on."""
+    val_fraction: float = 0.1
+    """Share of episodes (the highest indices) left out, as in training."""
+    success_threshold: float | None = None
+    """Task success distance [m]; default: the one recorded in the checkpoint, else the env's task spec."""
+    device: str = "cpu"
+    """Torch device."""
+
+
+def run(cfg: CalibrateConfig) -> dict:
+    from planner import checkpoint
+    from planner.data import split_episodes
+    from planner.store import StoreError, TrajectoryStore
+    from planner.train import TrainConfig, calibrate_goal_threshold, spread, task_success_threshold
+
+    if not 0 < cfg.margin <= 1:
+        raise ValueError(f"--margin must be in (0, 1], got {cfg.margin}")
+    loaded = checkpoint.load(cfg.checkpoint, cfg.device)
+    try:
+        store = TrajectoryStore.open(cfg.data)
+    except StoreError as e:
+        raise ValueError(str(e)) from e
+    config = loaded.config
+    if store.meta.image_size != config["image"]["size"] or store.meta.action_dim != config["action"]["dim"]:
+        raise ValueError(f"{cfg.data} holds {store.meta.image_size}px images and {store.meta.action_dim}-d "
+                         f"actions; {cfg.checkpoint} expects {config['image']['size']}px and "
+                         f"{config['action']['dim']}-d")
+    recorded = (config.get("goal_energy_calibration") or {}).get("task_success_threshold")
+    success = cfg.success_threshold or recorded
+    if success is None:
+        success = task_success_threshold(TrainConfig(data=cfg.data, out=cfg.checkpoint), store.meta)
+    train_eps, _ = split_episodes(store.indices(), cfg.val_fraction)
+    model = loaded.model.eval()
+    with torch.no_grad():
+        result = calibrate_goal_threshold(model, store, spread(train_eps, cfg.episodes), float(success),
+                                          cfg.margin, cfg.device)
+    command = shlex.join(["planner", "calibrate", *sys.argv[2:]]) if sys.argv[1:2] == ["calibrate"] else ""
+    auto = ("format_version", "model_type", "architecture", "weights_sha256")
+    updated = {k: v for k, v in config.items() if k not in auto}
+    updated["goal_energy_threshold"] = result["threshold"]
+    updated["goal_energy_calibration"] = result
+    updated["commands"] = [*config.get("commands", []), *([command] if command else [])]
+    name = checkpoint.save(cfg.checkpoint, model, updated)
+    print(f"{name}: goal_energy_threshold {config.get('goal_energy_threshold')} -> {result['threshold']:.4g} "
+          f"(margin {cfg.margin}, {result['source']} pairs, recall {result['recall']:.0%}, "
+          f"false accept {result['false_accept_rate']:.2%})")
+    return result
