@@ -97,6 +97,10 @@ class BaselineTrainConfig:
     """Share of episodes (the highest indices) held out for validation (same split as planner train)."""
     val_episodes: int = 20
     """Held-out episodes used for validation metrics (and training episodes for probes / calibration)."""
+    goal_margin: float = 0.5
+    """goal_reached is calibrated for this fraction of the task's success distance (as `planner train`)."""
+    calibration_episodes: int = 200
+    """Training episodes that calibrate the goal-energy threshold (as `planner train`)."""
     workers: int = 1
     """DataLoader worker processes (0: load in the main process)."""
     episodes_per_batch: int = 16
