@@ -65,6 +65,8 @@ def images_to_model_input(images, device=None):
     """uint8 [..., H, W, 3] (numpy or torch) -> float32 torch tensor [..., 3, H, W] in [-1, 1]."""
     import torch
 
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # torch wants writable memory (decoded request images are read-only)
     t = torch.as_tensor(images, device=device)
     if t.dtype != torch.uint8:
         raise ValueError(f"images must be uint8, got {t.dtype}")

@@ -120,6 +120,7 @@ class AgentBackend:
             PlanOutcome(
                 actions=plan.actions[i],
                 energy=float(plan.energy[i]),
+                current_energy=float(plan.current_energy[i]),
                 goal_reached=bool(plan.goal_reached[i]),
                 goal_latent=goal_latents[i].numpy(),
                 warm_start={"actions": [list(r) for r in plan.warm_start[i].actions]},

@@ -683,6 +683,7 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
     return PlanResponse(
         actions=actions.tolist(),
         energy=energy,
+        current_energy=float(_finite(np.asarray(outcome.current_energy, dtype=np.float64), "current_energy")),
         goal_reached=bool(outcome.goal_reached),
         ood_score=outcome.ood_score,
         plan_ms=round(model_ms, 3),

@@ -83,6 +83,9 @@ class PlanOutcome:
     actions: np.ndarray
     """float32 [H,A] native units (the server clips them afterwards)."""
     energy: float
+    """Energy of the plan's imagined final state against the goal."""
+    current_energy: float
+    """Energy of the current observation against the goal; goal_reached is current_energy <= threshold."""
     goal_reached: bool
     goal_latent: np.ndarray
     """float32 [D]: the goal latent used (cached by the server)."""

@@ -65,6 +65,7 @@ class PlanResult:
 
     actions: np.ndarray
     energy: float
+    current_energy: float
     goal_reached: bool
     ood_score: float | None
     plan_ms: float
@@ -126,6 +127,7 @@ def _parse_plan(data: dict, round_trip_ms: float) -> PlanResult:
     return PlanResult(
         actions=np.asarray(data["actions"], dtype=np.float32),
         energy=float(data["energy"]),
+        current_energy=float(data["current_energy"]),
         goal_reached=bool(data["goal_reached"]),
         ood_score=data.get("ood_score"),
         plan_ms=float(data["plan_ms"]),

@@ -73,7 +73,7 @@ def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict
     for _ in range(u.task.step_budget):
         recent = history[max(0, len(history) - (history_len - 1)) :] if history_len > 1 else None
         result = client.plan(obs["image"], goal, history=recent, warm_start=warm, executed_steps=1)
-        energies.append(result.energy)
+        energies.append(result.current_energy)
         round_trip_ms.append(result.round_trip_ms)
         plan_ms.append(result.plan_ms)
         if result.goal_reached:
@@ -124,7 +124,9 @@ def run(cfg: DemoConfig) -> int:
             "--port",
             str(port),
         ],
-        env={**os.environ, "PLANNER_LOG_LEVEL": os.environ.get("PLANNER_LOG_LEVEL", "warning")},
+        # one torch thread: the simulator and video writer run beside the server on the same CPU, and
+        # oversubscribed torch threads spin-wait (docs/PLANNING.md); PLANNER_TORCH_THREADS overrides it
+        env={"PLANNER_LOG_LEVEL": "warning", "PLANNER_TORCH_THREADS": "1", **os.environ},
     )
     records = []
     try:

@@ -75,7 +75,11 @@ class PlanRequest(Strict):
 
 class PlanResponse(BaseModel):
     actions: list[list[float]] = Field(description="H x A actions in native units, clipped to the bounds.")
-    energy: float
+    energy: float = Field(description="Energy of the plan's imagined final state against the goal.")
+    current_energy: float = Field(
+        description="Energy of the current observation against the goal; goal_reached is current_energy <= "
+        "the checkpoint's calibrated goal_energy_threshold (GET /v1/models)."
+    )
     goal_reached: bool
     ood_score: float | None = Field(
         description="One-step prediction error of the history (None without one)."

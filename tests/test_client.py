@@ -29,6 +29,7 @@ def plan_json(goal_id: str = "g1") -> dict:
     return {
         "actions": [[0.01, 0.0, -0.01, 1.0]] * 3,
         "energy": 0.5,
+        "current_energy": 0.9,
         "goal_reached": False,
         "ood_score": None,
         "plan_ms": 2.0,
@@ -91,7 +92,8 @@ def test_retries_503_and_connection_errors_then_succeeds():
         (503, {"detail": "queue full"}, {"Retry-After": "0"}),
         (200, plan_json()),
     )
-    assert client(s).plan(IMAGE, IMAGE).energy == 0.5
+    result = client(s).plan(IMAGE, IMAGE)
+    assert result.energy == 0.5 and result.current_energy == 0.9
     assert len(s.requests) == 3
 
 

@@ -86,6 +86,7 @@ class FakeBackend:
                 PlanOutcome(
                     actions=actions,
                     energy=energy,
+                    current_energy=energy,
                     goal_reached=energy < self.spec.goal_energy_threshold,
                     goal_latent=goal_z,
                     warm_start={"mean": actions.tolist(), "shifted": p.executed_steps},
