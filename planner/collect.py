@@ -371,6 +371,22 @@ def collect(
     return CollectReport(out=store.path, written=written, total=len(store), frames=frames, seconds=seconds)
 
 
+def task_motion(store: TrajectoryStore, moved_m: float = 0.002, lifted_m: float = 0.02) -> dict:
+    """How much the task state moves in the store's episodes (for block tasks: is there contact at all?).
+
+    moved_step_fraction: steps in which the task state moved more than `moved_m`; lifted_episode_fraction:
+    episodes in which its height (last coordinate) rose more than `lifted_m` above the start.
+    """
+    moved = steps = lifted = 0
+    for ep in store.iter_episodes():
+        s = np.asarray(ep.task_state, dtype=np.float64)
+        moved += int((np.linalg.norm(np.diff(s, axis=0), axis=-1) > moved_m).sum())
+        steps += len(s) - 1
+        lifted += int(s[:, -1].max() - s[0, -1] > lifted_m)
+    n = max(len(store), 1)
+    return {"moved_step_fraction": moved / max(steps, 1), "lifted_episode_fraction": lifted / n}
+
+
 def run(
     cfg: CollectConfig,
     *,
@@ -397,3 +413,7 @@ def run(
         f"collected {report.written} episode(s) in {report.seconds:.1f} s ({report.frames} frames, "
         f"{report.frames_per_s:.0f} frames/s); {report.out} now holds {report.total} episode(s)"
     )
+    motion = task_motion(TrajectoryStore.open(report.out))
+    print(f"task state (block position for push/pick, end effector for reach) moved > 2 mm in "
+          f"{motion['moved_step_fraction']:.1%} of steps; rose > 2 cm in "
+          f"{motion['lifted_episode_fraction']:.1%} of episodes")

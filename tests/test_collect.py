@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -377,3 +378,24 @@ def test_episode_written_meanwhile_by_an_orphaned_worker_is_kept(tmp_path, monke
     monkeypatch.undo()
     fake_collect(fake_cfg(tmp_path / "ref", episodes=5))
     assert_same_data(episodes(tmp_path / "ref"), episodes(tmp_path))
+
+
+def test_task_motion_counts_moving_steps_and_lifts(tmp_path):
+    from planner.collect import task_motion
+
+    class FakeStore:
+        def __init__(self, eps):
+            self.eps = eps
+
+        def __len__(self):
+            return len(self.eps)
+
+        def iter_episodes(self):
+            return iter(self.eps)
+
+    still = np.zeros((5, 3))
+    pushed = np.array([[0, 0, 0.02], [0.01, 0, 0.02], [0.02, 0, 0.02], [0.02, 0, 0.02], [0.02, 0, 0.05]])
+    eps = [SimpleNamespace(task_state=still), SimpleNamespace(task_state=pushed)]
+    m = task_motion(FakeStore(eps))
+    assert m["moved_step_fraction"] == 3 / 8  # two pushes and one lift among 8 steps
+    assert m["lifted_episode_fraction"] == 0.5
