@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,29 +32,6 @@ class DemoConfig:
     """Where the per-episode videos go."""
     startup_timeout_s: float = 180.0
     """How long to wait for the server to load and warm up the model."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    """Poll GET /readyz until 200; fail early if the server process dies."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s")
 
 
 def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict:
@@ -107,64 +79,35 @@ def run(cfg: DemoConfig) -> int:
     from planner.seeding import episode_seed
     from planner.video import write_episode_video
     from server.client import PlannerClient
+    from server.process import serving
 
     config = read_config(cfg.checkpoint)
     data = config["training_data"]
     action_spec = ActionSpec.from_config(config["action"])
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "planner.cli",
-            "serve",
-            "--checkpoint",
-            str(cfg.checkpoint),
-            "--port",
-            str(port),
-        ],
-        # one torch thread: the simulator and video writer run beside the server on the same CPU, and
-        # oversubscribed torch threads spin-wait (docs/PLANNING.md); PLANNER_TORCH_THREADS overrides it
-        env={"PLANNER_LOG_LEVEL": "warning", "PLANNER_TORCH_THREADS": "1", **os.environ},
-    )
+    # one torch thread: the simulator and video writer run beside the server on the same CPU, and
+    # oversubscribed torch threads spin-wait (docs/PLANNING.md); PLANNER_TORCH_THREADS overrides it
+    server_env = {"PLANNER_LOG_LEVEL": "warning", "PLANNER_TORCH_THREADS": "1"}
+    server_env.update({k: v for k, v in os.environ.items() if k in server_env})
     records = []
-    try:
-        print(f"demo: serving {cfg.checkpoint} at {url} ...", flush=True)
-        wait_ready(url, server, cfg.startup_timeout_s)
+    print(f"demo: serving {cfg.checkpoint} (waiting for /readyz) ...", flush=True)
+    with serving(cfg.checkpoint, server_env, timeout_s=cfg.startup_timeout_s) as url:
         env = envs.make_env(data["env_id"], **data.get("env_kwargs", {}))
         cfg.out.mkdir(parents=True, exist_ok=True)
         with PlannerClient(url, timeout_s=30.0) as client:
             model = client.models()
-            print(f"demo: model {json.dumps(model.get('models', model))[:200]}")
+            print(f"demo: {url} serves {json.dumps(model.get('models', model))[:200]}")
             for i in range(cfg.episodes):
                 seed = episode_seed(cfg.seed, i, "eval")
                 rec = drive_episode(client, env, action_spec, int(config["history_len"]), seed)
-                video = write_episode_video(
-                    cfg.out / f"episode_{i}.mp4",
-                    rec.pop("frames"),
-                    rec.pop("goal"),
-                    rec["energies"],
-                    threshold=config.get("goal_energy_threshold"),
-                )
+                video = write_episode_video(cfg.out / f"episode_{i}.mp4", rec.pop("frames"), rec.pop("goal"),
+                                            rec["energies"], threshold=config.get("goal_energy_threshold"))
                 rt = np.asarray(rec["round_trip_ms"])
-                print(
-                    f"episode {i} (seed {seed}): {'SUCCESS' if rec['success'] else 'miss'}  "
-                    f"distance {rec['start_distance'] * 100:.1f} -> {rec['final_distance'] * 100:.1f} cm "
-                    f"in "
-                    f"{rec['steps']} steps; per-step latency median {np.median(rt):.0f} ms "
-                    f"(plan {np.median(rec['plan_ms']):.0f} ms); video {video}",
-                    flush=True,
-                )
+                print(f"episode {i} (seed {seed}): {'SUCCESS' if rec['success'] else 'miss'}  "
+                      f"distance {rec['start_distance'] * 100:.1f} -> {rec['final_distance'] * 100:.1f} cm "
+                      f"in {rec['steps']} steps; per-step latency median {np.median(rt):.0f} ms "
+                      f"(plan {np.median(rec['plan_ms']):.0f} ms); video {video}", flush=True)
                 records.append(rec)
         env.close()
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
     rt = np.concatenate([r["round_trip_ms"] for r in records]) if records else np.zeros(1)
     successes = sum(r["success"] for r in records)
     print(

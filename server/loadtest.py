@@ -15,10 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from server.client import PlannerClient
+from server.process import serving
 
 
 @dataclass
@@ -74,22 +71,14 @@ class LevelResult:
     error_examples: list[str] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rss_bytes(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
     m = re.search(r"^process_resident_memory_bytes ([0-9.e+]+)$", text, re.M)
     return float(m.group(1)) if m else float("nan")
 
 
-def _start_server(cfg: LoadTestConfig, max_batch: int, log) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+def _server_env(cfg: LoadTestConfig, max_batch: int) -> dict[str, str]:
     env = {
-        **os.environ,
         "MUJOCO_GL": "egl",
         "PLANNER_MAX_BATCH": str(max_batch),
         "PLANNER_MAX_WAIT_MS": str(cfg.max_wait_ms),
@@ -99,34 +88,7 @@ def _start_server(cfg: LoadTestConfig, max_batch: int, log) -> tuple[subprocess.
     }
     if cfg.torch_threads is not None:
         env["PLANNER_TORCH_THREADS"] = str(cfg.torch_threads)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "planner.cli",
-            "serve",
-            "--checkpoint",
-            str(cfg.checkpoint),
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 300
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see its log {log.name}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError("server not ready within 300 s")
+    return env
 
 
 def _run_level(url: str, mode: str, clients: int, seconds: float, size: int) -> LevelResult:
@@ -194,8 +156,8 @@ def run(cfg: LoadTestConfig) -> dict:
     bar = tqdm(total=len(levels), desc="load test", unit="level")
     for mode in cfg.modes:
         with tempfile.NamedTemporaryFile("wb", prefix=f"serve-{mode}-", suffix=".log", delete=False) as log:
-            proc, url = _start_server(cfg, cfg.max_batch if mode == "batched" else 1, log)
-            try:
+            env = _server_env(cfg, cfg.max_batch if mode == "batched" else 1)
+            with serving(cfg.checkpoint, env, stderr=log) as url:
                 info = {"rss_before_mb": round(_rss_bytes(url) / 2**20, 1), "levels": []}
                 for clients in cfg.concurrency:
                     res = _run_level(url, mode, clients, cfg.seconds, size)
@@ -204,9 +166,6 @@ def run(cfg: LoadTestConfig) -> dict:
                     bar.update()
                 info["rss_after_mb"] = round(_rss_bytes(url) / 2**20, 1)
                 out["model"] = httpx.get(url + "/readyz", timeout=5).json()["model"]
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(60)
         out["modes"][mode] = info
     bar.close()
     _print_table(out)
