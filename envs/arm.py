@@ -45,7 +45,7 @@ ARM_JOINTS = ("yaw", "shoulder", "elbow", "wrist")
 DOWN = np.array([0.0, 0.0, -1.0])
 _ROT_WEIGHT = 0.2  # metres per radian: weight of the hand-pointing-down row in the IK
 _DAMPING = 0.02  # DLS damping lambda
-KWARGS = ("image_size", "camera", "render_goal", "camera_offset", "render_mode")
+KWARGS = ("image_size", "camera", "render_goal", "camera_offset", "camera_turn_deg", "render_mode")
 CAMERAS = ("workspace", "wrist")
 
 
@@ -59,14 +59,22 @@ def snapshot_spec() -> int:
     return int(enum.mjSTATE_FULLPHYSICS) | int(enum.mjSTATE_CTRL) | int(enum.mjSTATE_WARMSTART)
 
 
-def load_model(with_block: bool, camera_offset=(0.0, 0.0, 0.0)) -> mujoco.MjModel:
-    """Compile envs/assets/arm.xml; drop the block body when the task has none; shift the workspace camera."""
+def load_model(with_block: bool, camera_offset=(0.0, 0.0, 0.0), camera_turn_deg: float = 0.0
+               ) -> mujoco.MjModel:
+    """Compile envs/assets/arm.xml; drop the block body when the task has none; shift the workspace camera
+    by `camera_offset` (it keeps aiming at its target) and turn it by `camera_turn_deg` about the vertical
+    axis through the camera (its target swings around it; positive = to the left)."""
     path = resources.files("envs") / "assets" / "arm.xml"
     spec = mujoco.MjSpec.from_file(str(path))
     if not with_block:
         spec.delete(spec.body("block"))
     cam = spec.camera("workspace")
     cam.pos = np.asarray(cam.pos) + np.asarray(camera_offset, dtype=float)
+    if camera_turn_deg:
+        target = spec.body("look_target")
+        c, s = np.cos(np.radians(camera_turn_deg)), np.sin(np.radians(camera_turn_deg))
+        v = np.asarray(target.pos) - np.asarray(cam.pos)
+        target.pos = np.asarray(cam.pos) + np.array([c * v[0] - s * v[1], s * v[0] + c * v[1], v[2]])
     return spec.compile()
 
 
@@ -84,6 +92,7 @@ class ArmEnv(gym.Env):
         camera: str = "workspace",
         render_goal: bool = True,
         camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        camera_turn_deg: float = 0.0,
         render_mode: str | None = "rgb_array",
     ) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
@@ -97,13 +106,16 @@ class ArmEnv(gym.Env):
         offset = np.asarray(camera_offset, dtype=float)
         if offset.shape != (3,) or not np.all(np.isfinite(offset)) or np.abs(offset).max() > 0.1:
             raise ValueError(f"camera_offset must be 3 finite metres, each within 0.1, got {camera_offset!r}")
+        if not (isinstance(camera_turn_deg, (int, float)) and abs(camera_turn_deg) <= 10):
+            raise ValueError(f"camera_turn_deg must be a number of degrees within 10, got "
+                             f"{camera_turn_deg!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' (or None), got {render_mode!r}")
         self.image_size = int(image_size)
         self.camera = camera
         self.render_goal = render_goal
         self.render_mode = "rgb_array"
-        self.model = load_model(self.has_block, offset)
+        self.model = load_model(self.has_block, offset, float(camera_turn_deg))
         self.data = mujoco.MjData(self.model)
         self._ik_data = mujoco.MjData(self.model)
         self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)

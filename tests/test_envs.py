@@ -131,6 +131,7 @@ def test_unknown_id_lists_known_ones():
         (dict(render_goal="yes"), "render_goal must be True or False"),
         (dict(imagesize=64), "unknown kwargs.*accepted"),
         (dict(camera_offset=(0, 0)), "camera_offset must be 3"),
+        (dict(camera_turn_deg=45), "camera_turn_deg must be"),
     ],
 )
 def test_bad_kwargs(kwargs, match):
@@ -221,9 +222,10 @@ def test_gym_ids_are_delegated_to_the_adapter():
     assert obs["image"].shape == (32, 32, 3) and "goal_image" in info
 
 
-def test_camera_offset_shifts_the_view_only():
+@pytest.mark.parametrize("moved_kwargs", [dict(camera_offset=(0.02, 0.0, -0.02)), dict(camera_turn_deg=3.0)])
+def test_camera_offset_and_turn_change_the_view_only(moved_kwargs):
     base = envs.make_env("ArmPush-v0")
-    moved = envs.make_env("ArmPush-v0", camera_offset=(0.02, 0.0, -0.02))
+    moved = envs.make_env("ArmPush-v0", **moved_kwargs)
     (a, ia), (b, ib) = base.reset(seed=2), moved.reset(seed=2)
     assert not np.array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["proprio"], b["proprio"])
