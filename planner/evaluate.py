@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from planner.mpc import DEFAULT_HORIZON, MPCAgent, pad_history
-from planner.objectives import ObjectiveConfig
+from planner.objectives import ObjectiveConfig, horizon_weights
 from planner.preprocess import Preprocessing, preprocess_image
 from planner.seeding import episode_seed
 from planner.solvers import SOLVERS, make_solver, shift_plan, solve, with_budget
@@ -126,33 +126,29 @@ def physics_step(env, action: np.ndarray) -> None:
     """Advance the physics by one control step with a normalized action, without rendering."""
     u = env.unwrapped
     a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-    if hasattr(u, "_apply_action"):  # our ArmEnv: controller + substeps, exactly as ArmEnv.step
-        import mujoco
-
-        from envs.arm import N_SUBSTEPS
-
-        u._apply_action(a)
-        for _ in range(N_SUBSTEPS):
-            mujoco.mj_step(u.model, u.data)
-        mujoco.mj_forward(u.model, u.data)
+    if hasattr(u, "simulate"):  # our ArmEnv: controller + substeps, exactly as ArmEnv.step, no render
+        u.simulate(a)
     elif hasattr(u, "_inner_step"):  # gym adapter: the wrapped env's own step, no render
         u._inner_step(u.denormalize_action(a.astype(np.float32)))
     else:
         raise ValueError(f"the simulator baseline cannot step {type(u).__name__} without rendering")
 
 
-def simulator_objective(env, snapshot: np.ndarray):
-    """objective(actions float[1,S,H,A]) -> cost float[1,S]: task distance after simulating each candidate."""
+def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig):
+    """objective(actions float[1,S,H,A]) -> cost float[1,S]: the task distance after each simulated step,
+    reduced over the horizon with the same weights as the latent objective (a final-step-only cost lets
+    MPC put off moving: measured 0% at the agent's budget)."""
 
     def objective(actions: torch.Tensor) -> torch.Tensor:
         acts = actions.detach().cpu().numpy()[0]
-        cost = np.empty(acts.shape[0])
+        weights = horizon_weights(acts.shape[1], reduce).numpy()
+        cost = np.zeros(acts.shape[0])
         u = env.unwrapped
         for s, seq in enumerate(acts):
             u.set_snapshot(snapshot)
-            for a in seq:
+            for h, a in enumerate(seq):
                 physics_step(env, a)
-            cost[s] = u.distance()
+                cost[s] += weights[h] * u.distance()
         u.set_snapshot(snapshot)
         return torch.as_tensor(cost, dtype=torch.float32)[None]
 
@@ -235,8 +231,10 @@ def run_random_episode(env, seed: int, steps: int) -> dict:
                 start_distance=start, steps=steps, _plan_ms=[])
 
 
-def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int) -> dict:
-    """The solver planning on the true physics (no rendering), replanning every step (the ceiling)."""
+def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
+                          objective: ObjectiveConfig) -> dict:
+    """The solver planning on the true physics (no rendering), replanning every step (the ceiling);
+    `objective` gives the reduction over the horizon, the agent's own."""
     u = env.unwrapped
     _, info = env.reset(seed=seed)
     start = float(info["distance"])
@@ -246,8 +244,8 @@ def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int) 
     for _ in range(steps):
         t0 = time.perf_counter()
         snap = u.get_snapshot()
-        sol = solve(simulator_objective(env, snap), solver_cfg, batch=1, horizon=horizon, action_dim=a_dim,
-                    init=init, generator=gen)
+        sol = solve(simulator_objective(env, snap, objective), solver_cfg, batch=1, horizon=horizon,
+                    action_dim=a_dim, init=init, generator=gen)
         plan_ms.append((time.perf_counter() - t0) * 1e3)
         physics_step(env, sol.actions[0, 0].numpy())
         init = shift_plan(sol.state, 1)
@@ -352,7 +350,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         sim_cfg = make_solver(cfg.solver, samples=cfg.sim_samples, iterations=cfg.sim_iterations)
         sim_seeds = seeds[: cfg.sim_episodes] if cfg.sim_episodes else seeds
         t0 = time.perf_counter()
-        sim = [run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps)
+        sim_objective = ObjectiveConfig() if is_policy else agent.objective
+        sim = [run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps, sim_objective)
                for s in tqdm(sim_seeds, desc="baseline simulator", disable=not cfg.progress)]
         sim_s = time.perf_counter() - t0
         result["baselines"] = dict(
