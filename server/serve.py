@@ -52,9 +52,13 @@ def run(cfg: ServeConfig) -> None:
     from planner.checkpoint import CheckpointError, read_config
 
     try:
-        read_config(settings.checkpoint)  # fail fast on a wrong path, before binding a port
+        model_type = read_config(settings.checkpoint)["model_type"]  # fail fast, before binding a port
     except CheckpointError as e:
         raise SystemExit(f"planner serve: {e}") from None
+    if model_type == "gcbc":
+        raise SystemExit(f"planner serve: {settings.checkpoint} is a goal-conditioned policy (model_type "
+                         "gcbc), not a world model the planner can search with; serve a jepa or pixel "
+                         "checkpoint")
     try:
         settings.check_bind()
     except ValueError as e:

@@ -227,3 +227,11 @@ def test_eval_acts_with_gcbc_policy(reach_gcbc_ckpt):
                 checkpoint=str(reach_gcbc_ckpt), episodes=1, max_steps=2, replan_every=2, progress=False
             )
         )
+
+
+def test_serve_refuses_a_policy_checkpoint_before_binding(reach_gcbc_ckpt):
+    from server.serve import ServeConfig
+    from server.serve import run as serve
+
+    with pytest.raises(SystemExit, match="goal-conditioned policy"):
+        serve(ServeConfig(checkpoint=reach_gcbc_ckpt, port=1))
