@@ -7,7 +7,6 @@ produces steps s with s % W == w; the DataLoader hands them out round-robin, i.e
 
 from __future__ import annotations
 
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from planner.store import Episode, StoreError, TrajectoryStore
+from planner.store import Episode, TrajectoryStore
 
 
 def split_episodes(indices: list[int], val_fraction: float, min_val: int = 1) -> tuple[list[int], list[int]]:
@@ -29,16 +28,8 @@ def split_episodes(indices: list[int], val_fraction: float, min_val: int = 1) ->
 
 
 def episode_lengths(store: TrajectoryStore, indices: list[int]) -> list[int]:
-    """Number of actions of each episode, read from the small `actions` array only."""
-    out = []
-    for i in indices:
-        path = store.shard_path(i)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                out.append(int(npz["actions"].shape[0]))
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-            raise StoreError(f"{path}: corrupt or truncated shard ({type(e).__name__}: {e})") from e
-    return out
+    """Number of actions of each episode (TrajectoryStore.length: reads only the small `actions` array)."""
+    return [store.length(i) for i in indices]
 
 
 @dataclass

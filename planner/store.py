@@ -18,7 +18,6 @@ import re
 import tempfile
 import time
 import zipfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -408,61 +407,3 @@ class TrajectoryStore:
                 f"{len(problems)} of {len(indices)} shard(s) are damaged:\n" + "\n".join(problems)
             )
         return len(indices)
-
-
-@dataclass
-class Windows:
-    """A batch of fixed-length windows: L actions and the L+1 observations around them."""
-
-    images: np.ndarray  # uint8 [B, L+1, H, W, 3]
-    proprio: np.ndarray  # float32 [B, L+1, P]
-    actions: np.ndarray  # float32 [B, L, A]
-    task_state: np.ndarray  # float32 [B, L+1, K]
-
-
-class WindowSampler:
-    """Samples fixed-length windows uniformly over all valid start positions, loading episodes lazily.
-
-    At most `cache_episodes` decoded episodes are kept (least recently used dropped), so memory stays
-    bounded whatever the store size. Episode lengths are read once from the small `actions` arrays.
-    """
-
-    def __init__(self, store: TrajectoryStore, window: int, *, cache_episodes: int = 256, seed: int = 0):
-        if window < 1:
-            raise ValueError(f"window must be >= 1 action, got {window}")
-        if cache_episodes < 1:
-            raise ValueError(f"cache_episodes must be >= 1, got {cache_episodes}")
-        self.store, self.window, self.cache_episodes = store, window, cache_episodes
-        self.indices = np.array(store.indices(), dtype=np.int64)
-        if len(self.indices) == 0:
-            raise StoreError(f"{store.path} holds no episodes to sample from")
-        lengths = np.array([store.length(int(i)) for i in self.indices], dtype=np.int64)
-        self.starts = np.maximum(lengths - window + 1, 0)  # valid start positions per episode
-        if self.starts.sum() == 0:
-            raise StoreError(f"{store.path}: no episode has {window} actions (longest has {lengths.max()})")
-        self.rng = np.random.default_rng(seed)
-        self._cache: OrderedDict[int, Episode] = OrderedDict()
-
-    def _episode(self, index: int) -> Episode:
-        ep = self._cache.pop(index, None)
-        if ep is None:
-            ep = self.store.read(index)
-            if len(self._cache) >= self.cache_episodes:
-                self._cache.popitem(last=False)
-        self._cache[index] = ep
-        return ep
-
-    def sample(self, batch: int) -> Windows:
-        """`batch` windows, each a uniformly random (episode, start) among all valid ones."""
-        flat = self.rng.integers(0, int(self.starts.sum()), size=batch)
-        which = np.searchsorted(np.cumsum(self.starts), flat, side="right")
-        offsets = flat - (np.cumsum(self.starts) - self.starts)[which]
-        parts: dict[str, list[np.ndarray]] = {"images": [], "proprio": [], "actions": [], "task_state": []}
-        for w, t0 in zip(which, offsets, strict=True):
-            ep = self._episode(int(self.indices[w]))
-            t0, t1 = int(t0), int(t0) + self.window
-            parts["images"].append(ep.images[t0 : t1 + 1])
-            parts["proprio"].append(ep.proprio[t0 : t1 + 1])
-            parts["actions"].append(ep.actions[t0:t1])
-            parts["task_state"].append(ep.task_state[t0 : t1 + 1])
-        return Windows(**{k: np.stack(v) for k, v in parts.items()})

@@ -17,7 +17,6 @@ from planner.store import (
     StoreFullError,
     StoreMeta,
     TrajectoryStore,
-    WindowSampler,
 )
 
 H, A, P, K, S = 16, 4, 5, 3, 7
@@ -262,32 +261,3 @@ def test_full_disk_on_create_leaves_no_meta(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert list((tmp_path / "s").iterdir()) == []
     TrajectoryStore.create(tmp_path / "s", make_meta())  # retry works: nothing half-written was left
-
-
-def test_window_sampler_matches_episodes_and_bounds_cache(tmp_path):
-    store = TrajectoryStore.create(tmp_path, make_meta())
-    eps = {i: make_episode(i, t=6 if i != 2 else 3) for i in range(4)}
-    for ep in eps.values():
-        store.write(ep)
-    sampler = WindowSampler(store, window=4, cache_episodes=2, seed=0)
-    assert sampler.starts.tolist() == [3, 3, 0, 3]  # episode 2 (3 actions) has no 4-action window
-    batch = sampler.sample(64)
-    assert batch.images.shape == (64, 5, H, H, 3) and batch.actions.shape == (64, 4, A)
-    assert batch.proprio.shape == (64, 5, P) and batch.task_state.shape == (64, 5, K)
-    assert len(sampler._cache) <= 2
-    seen = set()
-    for b in range(64):  # every window is a real slice of some episode, aligned across arrays
-        hits = [
-            (i, t)
-            for i, ep in eps.items()
-            for t in range(ep.length - 3)
-            if np.array_equal(ep.actions[t : t + 4], batch.actions[b])
-        ]
-        assert len(hits) == 1
-        i, t = hits[0]
-        assert np.array_equal(eps[i].images[t : t + 5], batch.images[b])
-        assert np.array_equal(eps[i].task_state[t : t + 5], batch.task_state[b])
-        seen.add(i)
-    assert seen == {0, 1, 3}
-    with pytest.raises(StoreError, match="no episode has 7 actions"):
-        WindowSampler(store, window=7)
