@@ -9,6 +9,7 @@ import torch
 from planner.checkpoint import save
 from planner.evaluate import EvalConfig, evaluate, physics_step
 from planner.world_model import WorldModel, WorldModelConfig
+from tests.tiny_checkpoint import tiny_reach_config
 
 CONTRACT_KEYS = {
     "env", "checkpoint", "checkpoint_sha256", "solver", "samples", "iterations", "horizon", "episodes",
@@ -22,13 +23,7 @@ def tiny_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     arch = WorldModelConfig(image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
                             pred_hidden=16)
-    config = {
-        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
-        "action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0], "units": "m, gripper"},
-        "history_len": 2,
-        "goal_energy_threshold": 0.0,
-        "training_data": {"env_id": "ArmReach-v0", "env_kwargs": {"image_size": 32}},
-    }
+    config = tiny_reach_config()
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     save(path, WorldModel(arch).eval(), config)
     return path

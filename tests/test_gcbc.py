@@ -25,6 +25,7 @@ from planner.store import TrajectoryStore
 from planner.train_baselines import BaselineTrainConfig, parameter_counts, run
 from planner.world_model import WorldModel, WorldModelConfig
 from tests.test_train import make_store
+from tests.tiny_checkpoint import tiny_reach_config
 
 S = 32
 ARCH = GCBCConfig(
@@ -192,12 +193,7 @@ def reach_gcbc_ckpt(tmp_path_factory):
     arch = GCBCConfig(
         image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4, hidden=16
     )
-    config = {
-        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
-        "action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0], "units": "m, gripper"},
-        "history_len": 2,
-        "training_data": {"env_id": "ArmReach-v0", "env_kwargs": {"image_size": 32}},
-    }
+    config = tiny_reach_config(goal_energy_threshold=None)
     path = tmp_path_factory.mktemp("ckpt") / "tinybc"
     save(path, GCBCPolicy(arch).eval(), config)
     return path

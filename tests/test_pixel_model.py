@@ -19,6 +19,7 @@ from planner.store import TrajectoryStore
 from planner.train_baselines import BaselineTrainConfig, parameter_counts, run, schedule_step
 from planner.world_model import WorldModel, WorldModelConfig
 from tests.test_train import make_store
+from tests.tiny_checkpoint import tiny_reach_config
 
 S = 32
 ARCH = WorldModelConfig(
@@ -212,13 +213,7 @@ def reach_pixel_ckpt(tmp_path_factory):
     arch = WorldModelConfig(
         image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4, pred_hidden=16
     )
-    config = {
-        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
-        "action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0], "units": "m, gripper"},
-        "history_len": 2,
-        "goal_energy_threshold": 0.0,
-        "training_data": {"env_id": "ArmReach-v0", "env_kwargs": {"image_size": 32}},
-    }
+    config = tiny_reach_config()
     path = tmp_path_factory.mktemp("ckpt") / "tinypx"
     save(path, PixelWorldModel(arch).eval(), config)
     return path

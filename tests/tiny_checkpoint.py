@@ -1,0 +1,16 @@
+"""The config of the tiny ArmReach-v0 checkpoints the eval, pixel-model and GCBC tests save (32 px, A = 4)."""
+
+from __future__ import annotations
+
+
+def tiny_reach_config(goal_energy_threshold: float | None = 0.0) -> dict:
+    """checkpoint.save config (everything but the architecture) of a tiny 32x32 ArmReach-v0 model."""
+    config = {
+        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
+        "action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0], "units": "m, gripper"},
+        "history_len": 2,
+        "training_data": {"env_id": "ArmReach-v0", "env_kwargs": {"image_size": 32}},
+    }
+    if goal_energy_threshold is not None:
+        config["goal_energy_threshold"] = goal_energy_threshold
+    return config
