@@ -202,9 +202,6 @@ def resolve_device(cfg: TrainConfig, d: Dist) -> torch.device:
 def check_store(store: TrajectoryStore, cfg: TrainConfig) -> list[int]:
     """Episodes of the store after checking it matches the model config; raises TrainError."""
     meta = store.meta
-    if getattr(cfg.model, "energy_head_dim", 0):  # baseline model configs have no energy head
-        raise TrainError("--model.energy-head-dim is set by the energy-head fit after training; "
-                         "use --energy-head.dim (and --no-fit-energy-head to skip the fit)")
     if meta.image_size != cfg.model.image_size:
         raise TrainError(
             f"{store.path / META_FILE}: images are {meta.image_size}x{meta.image_size} but the model expects "
@@ -419,6 +416,9 @@ def run(cfg: TrainConfig) -> Path | None:
     """Train; returns the checkpoint path (None when stopped early by --stop-at)."""
     if cfg.steps < 1:
         raise TrainError(f"--steps must be >= 1, got {cfg.steps}")
+    if cfg.model.energy_head_dim:
+        raise TrainError("--model.energy-head-dim is set by the energy-head fit after training; "
+                         "use --energy-head.dim (and --no-fit-energy-head to skip the fit)")
     torch.set_num_threads(cfg.threads)
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     dev_kind = "cuda" if use_cuda else "cpu"

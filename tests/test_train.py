@@ -227,3 +227,10 @@ def test_calibrate_rewrites_the_threshold_and_keeps_the_weights(store_path, tmp_
     assert after.config["goal_energy_threshold"] <= before.config["goal_energy_threshold"]
     with pytest.raises(ValueError, match="margin"):
         calibrate(CalibrateConfig(checkpoint=path, data=store_path, margin=0.0))
+
+
+def test_energy_head_dim_is_not_set_by_hand(store_path, tmp_path):
+    import dataclasses
+
+    with pytest.raises(TrainError, match="energy-head-dim is set by the energy-head fit"):
+        run(tiny_cfg(store_path, tmp_path, model=dataclasses.replace(MODEL, energy_head_dim=4)))
