@@ -46,7 +46,9 @@ DOWN = np.array([0.0, 0.0, -1.0])
 _ROT_WEIGHT = 0.2  # metres per radian: weight of the hand-pointing-down row in the IK
 _DAMPING = 0.02  # DLS damping lambda
 KWARGS = ("image_size", "camera", "render_goal", "camera_offset", "camera_turn_deg", "render_mode")
-CAMERAS = ("workspace", "wrist")
+CAMERAS = ("workspace", "table", "wrist")
+AIMED_CAMERAS = {"workspace": "look_target", "table": "table_target"}
+"""Fixed cameras that aim at a target body (camera_offset and camera_turn_deg apply to these)."""
 
 
 def snapshot_spec() -> int:
@@ -59,19 +61,23 @@ def snapshot_spec() -> int:
     return int(enum.mjSTATE_FULLPHYSICS) | int(enum.mjSTATE_CTRL) | int(enum.mjSTATE_WARMSTART)
 
 
-def load_model(with_block: bool, camera_offset=(0.0, 0.0, 0.0), camera_turn_deg: float = 0.0
-               ) -> mujoco.MjModel:
-    """Compile envs/assets/arm.xml; drop the block body when the task has none; shift the workspace camera
+def load_model(with_block: bool, camera_offset=(0.0, 0.0, 0.0), camera_turn_deg: float = 0.0,
+               camera: str = "workspace") -> mujoco.MjModel:
+    """Compile envs/assets/arm.xml; drop the block body when the task has none; shift the aimed `camera`
     by `camera_offset` (it keeps aiming at its target) and turn it by `camera_turn_deg` about the vertical
     axis through the camera (its target swings around it; positive = to the left)."""
     path = resources.files("envs") / "assets" / "arm.xml"
     spec = mujoco.MjSpec.from_file(str(path))
     if not with_block:
         spec.delete(spec.body("block"))
-    cam = spec.camera("workspace")
+    if camera not in AIMED_CAMERAS:
+        if np.any(np.asarray(camera_offset, dtype=float)) or camera_turn_deg:
+            raise ValueError(f"camera_offset and camera_turn_deg apply to {sorted(AIMED_CAMERAS)}, not {camera!r}")
+        return spec.compile()
+    cam = spec.camera(camera)
     cam.pos = np.asarray(cam.pos) + np.asarray(camera_offset, dtype=float)
     if camera_turn_deg:
-        target = spec.body("look_target")
+        target = spec.body(AIMED_CAMERAS[camera])
         c, s = np.cos(np.radians(camera_turn_deg)), np.sin(np.radians(camera_turn_deg))
         v = np.asarray(target.pos) - np.asarray(cam.pos)
         target.pos = np.asarray(cam.pos) + np.array([c * v[0] - s * v[1], s * v[0] + c * v[1], v[2]])
@@ -84,12 +90,14 @@ class ArmEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     task: TaskSpec
     has_block: bool = False
+    default_camera: str = "workspace"
+    """Camera used when the `camera` kwarg is not given (the block tasks use the closer "table" view)."""
     control_hz = 1.0 / (N_SUBSTEPS * 0.005)
 
     def __init__(
         self,
         image_size: int = 64,
-        camera: str = "workspace",
+        camera: str | None = None,
         render_goal: bool = True,
         camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
         camera_turn_deg: float = 0.0,
@@ -99,6 +107,7 @@ class ArmEnv(gym.Env):
             raise ValueError(f"image_size must be an int (pixels), got {image_size!r}")
         if not 8 <= image_size <= 640:
             raise ValueError(f"image_size must be between 8 and 640 pixels, got {image_size}")
+        camera = self.default_camera if camera is None else camera
         if camera not in CAMERAS:
             raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
         if not isinstance(render_goal, bool):
@@ -115,7 +124,7 @@ class ArmEnv(gym.Env):
         self.camera = camera
         self.render_goal = render_goal
         self.render_mode = "rgb_array"
-        self.model = load_model(self.has_block, offset, float(camera_turn_deg))
+        self.model = load_model(self.has_block, offset, float(camera_turn_deg), camera)
         self.data = mujoco.MjData(self.model)
         self._ik_data = mujoco.MjData(self.model)
         self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
@@ -157,6 +166,12 @@ class ArmEnv(gym.Env):
         """What the task measures, float64[3] (metres, world frame)."""
         raise NotImplementedError
 
+    def _subgoal_snapshots(self, goal_state: np.ndarray) -> list[np.ndarray]:
+        """Physics snapshots of intermediate goals on the way from the current (start) state to
+        `goal_state`, in order, without the final goal; [] (the default) for tasks planned in one piece.
+        Must not draw from the episode rng (seeded episodes stay the same with or without sub-goals)."""
+        return []
+
     def scripted_action(self) -> np.ndarray:
         """Privileged expert action toward the goal, float32[4] normalized."""
         raise NotImplementedError
@@ -173,9 +188,15 @@ class ArmEnv(gym.Env):
         self.goal_proprio = self._proprio()
         goal_image = self.render() if self.render_goal else None
         self.set_snapshot(start)
+        subgoal_images = []
+        for snap in self._subgoal_snapshots(self._goal_state):
+            self.set_snapshot(snap)
+            subgoal_images.append(self.render() if self.render_goal else None)
+        self.set_snapshot(start)
         dist = self.distance()
         info = dict(
             goal_image=goal_image,
+            subgoal_images=subgoal_images,
             goal_proprio=self.goal_proprio.copy(),
             goal_task_state=self.goal_task_state.copy(),
             distance=dist,

@@ -2,6 +2,10 @@
 
 Goal image: the block held at the goal by the closed gripper (grasp centre = block centre), hand down,
 block faces aligned with the fingers.
+
+Sub-goal images (reset info "subgoal_images", in order; planned through by `planner eval` and the
+server's `subgoal_images` before the goal, as V-JEPA 2-AC does): the open hand PREGRASP_ABOVE_M above the
+block; the closed hand around the block where it starts; the block lifted straight up to the goal height.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ GOAL_Z = (0.08, 0.20)
 YAW_JITTER = 0.35
 """Start yaw of the block relative to the gripper's radial orientation, +- radians."""
 TRAVEL_HEIGHT_M = 0.09
+PREGRASP_ABOVE_M = 0.06
 
 
 def radial_yaw(xy: np.ndarray) -> float:
@@ -27,6 +32,7 @@ def radial_yaw(xy: np.ndarray) -> float:
 class ArmPickPlaceEnv(ArmEnv):
     task = TaskSpec("ArmPickPlace-v0", success_threshold=0.05, step_budget=150, min_start_distance=0.10)
     has_block = True
+    default_camera = "table"
 
     def _sample_episode(self, rng: np.random.Generator) -> np.ndarray:
         while True:
@@ -45,6 +51,26 @@ class ArmPickPlaceEnv(ArmEnv):
 
     def task_state(self) -> np.ndarray:
         return self.block_position()
+
+    def _subgoal_snapshots(self, goal_state: np.ndarray) -> list[np.ndarray]:
+        """Pre-grasp (open hand above the block), grasp (closed hand around it at its start), lift (held
+        at the start xy, goal height): three snapshots derived from the start and goal, no rng draws."""
+        start = self.get_snapshot()
+        block = self.block_position()
+        self.set_snapshot(goal_state)
+        goal = self.block_position()
+        self.set_snapshot(start)
+        yaw = radial_yaw(block[:2])
+        snaps = []
+        self._place_arm(block + np.array([0.0, 0.0, PREGRASP_ABOVE_M]), gripper=-1.0)
+        snaps.append(self.get_snapshot())
+        for held in (block, np.append(block[:2], goal[2])):
+            self._place_arm(held, gripper=1.0)
+            self._set_fingers(BLOCK_HALF, 1.0)
+            self._place_block(held, yaw)
+            snaps.append(self.get_snapshot())
+        self.set_snapshot(start)
+        return snaps
 
     def scripted_action(self) -> np.ndarray:
         """Approach above the block, descend open, close, lift, carry to the goal, hold."""

@@ -37,6 +37,7 @@ def sample_block_and_goal(rng: np.random.Generator, min_dist: float, max_dist: f
 class ArmPushEnv(ArmEnv):
     task = TaskSpec("ArmPush-v0", success_threshold=0.05, step_budget=100, min_start_distance=0.10)
     has_block = True
+    default_camera = "table"
 
     def _sample_episode(self, rng: np.random.Generator) -> np.ndarray:
         start, goal = sample_block_and_goal(rng, self.task.min_start_distance + 0.005, MAX_PUSH_M)

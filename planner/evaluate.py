@@ -69,6 +69,11 @@ class EvalConfig:
     stop_on_goal: bool = True
     """End an episode when the agent reports goal_reached (the protocol); --no-stop-on-goal runs the full
     budget, which separates a loose goal threshold from planning quality."""
+    subgoals: bool = True
+    """Plan through the env's sub-goal images (reset info "subgoal_images", e.g. pick-and-place: pre-grasp,
+    grasp, lift) before the goal, moving on when the agent reports the current one reached; envs without
+    sub-goals are unaffected. --no-subgoals plans to the final goal image only. A gcbc policy has no
+    goal_reached signal to move on with, so it always gets the final goal only."""
     baselines: bool = False
     """Also run the random and true-simulator baselines on the same seeds."""
     sim_samples: int = 64
@@ -170,23 +175,31 @@ def _summary(records: list[dict]) -> dict:
 
 
 def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, steps: int, replan_every: int,
-                      keep_frames: bool = False, stop_on_goal: bool = True) -> dict:
-    """One closed-loop MPC episode; returns its record (plus `_frames`, `_goal` when keep_frames)."""
+                      keep_frames: bool = False, stop_on_goal: bool = True, subgoals: bool = True) -> dict:
+    """One closed-loop MPC episode; returns its record (plus `_frames`, `_goal` when keep_frames).
+
+    With `subgoals` the agent plans to each of the env's sub-goal images in turn (then the goal), moving
+    to the next one as soon as the current observation reaches the one it plans to."""
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
     goal = preprocess_image(info["goal_image"], rule)
-    z_goal = agent.encode_goal(goal)[None]
+    targets = [preprocess_image(g, rule) for g in info.get("subgoal_images", [])] if subgoals else []
+    z_targets = [agent.encode_goal(g)[None] for g in targets] + [agent.encode_goal(goal)[None]]
     zero = agent.action_spec.to_native(np.zeros(agent.action_spec.dim, np.float32))
     frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
-    plan_ms, energies, reached = [], [], False
+    plan_ms, energies, reached, target, subgoal_steps = [], [], False, 0, []
     start_distance = float(info["distance"])
     t = 0
     for t in range(steps):
-        if not queue:
+        while not queue:
             imgs, prev = pad_history(frames, acts, agent.history_len, zero)
-            plan = agent.plan(imgs[None], prev[None], z_goal, warm, executed_steps=replan_every,
+            plan = agent.plan(imgs[None], prev[None], z_targets[target], warm, executed_steps=replan_every,
                               seed=(seed + 7919 * t) % (2**63))
             plan_ms.append(plan.plan_ms)
+            if plan.goal_reached[0] and target < len(z_targets) - 1:
+                target, warm = target + 1, None  # sub-goal reached: plan to the next one from here
+                subgoal_steps.append(t)
+                continue
             energies.append(float(plan.current_energy[0]))
             if plan.goal_reached[0] and stop_on_goal:
                 reached = True
@@ -194,6 +207,8 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
             warm = plan.warm_start
             queue = list(range(replan_every))
             planned_norm, planned_native = plan.actions_normalized[0], plan.actions[0]
+        if reached:
+            break
         i = queue.pop(0)
         obs, _, _, _, info = env.step(planned_norm[i])
         frames.append(preprocess_image(obs["image"], rule))
@@ -213,6 +228,9 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
         energy_curve=energies,
         _plan_ms=plan_ms,
     )
+    if len(z_targets) > 1:
+        rec["subgoals"] = len(z_targets) - 1
+        rec["subgoal_reached_at_step"] = subgoal_steps
     if keep_frames:
         rec["_frames"], rec["_goal"] = frames, goal
     return rec
@@ -309,7 +327,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     for i, s in enumerate(tqdm(seeds, desc=f"eval {cfg.solver}", disable=not cfg.progress)):
         keep = video_dir is not None
         rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep,
-                                stop_on_goal=cfg.stop_on_goal)
+                                stop_on_goal=cfg.stop_on_goal, subgoals=cfg.subgoals and not is_policy)
         rec["index"] = i
         if video_dir:
             from planner.video import write_episode_video
@@ -337,6 +355,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         success_threshold=task.success_threshold,
         step_budget=steps,
         replan_every=cfg.replan_every,
+        subgoals=bool(cfg.subgoals and not is_policy),
         goal_energy_threshold=agent.goal_energy_threshold,
         success_rule="distance <= success_threshold at the end (step budget, or when goal_reached stops MPC)"
         if cfg.stop_on_goal else "distance <= success_threshold after the full step budget (no early stop)",

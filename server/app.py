@@ -652,24 +652,39 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
                 "this server enforces a workspace box: send observation.proprio (first 3 = end effector xyz)",
             )
         workspace = (np.asarray(s.workspace_low), np.asarray(s.workspace_high))
-    gid, goal_latent, goal_image, goal_proprio = _goal(request, req.goal, spec, req.resize)
-    problem = PlanProblem(
-        frames=frames,
-        prev_actions=prev,
-        goal_latent=goal_latent,
-        goal_image=goal_image,
-        goal_proprio=goal_proprio,
-        seed=seed,
-        warm_start=req.warm_start.state if req.warm_start is not None else None,
-        executed_steps=req.executed_steps,
-        context_frames=None if context is None else context[0],
-        context_actions=None if context is None else context[1],
-    )
-    outcome, queue_ms, model_ms, batch_size = await _run(
-        request, Job("plan", problem, _deadline(s, req.deadline_ms), params)
-    )
-    if goal_latent is None:
-        request.app.state.goals.put(gid, outcome.goal_latent)
+    if req.subgoal_index > len(req.subgoals):
+        raise HTTPException(
+            422, f"subgoal_index {req.subgoal_index} is past the {len(req.subgoals)} sub-goal(s) sent "
+            f"(at most {len(req.subgoals)}: the final goal)"
+        )
+    targets = [(g, f"subgoals[{i}]") for i, g in enumerate(req.subgoals)] + [(req.goal, "goal")]
+    resolved = [_goal(request, g, spec, req.resize, what) for g, what in targets]
+    index = req.subgoal_index
+    warm_start = req.warm_start.state if req.warm_start is not None else None
+    model_ms_total, queue_ms_total = 0.0, 0.0
+    while True:
+        gid, goal_latent, goal_image, goal_proprio = resolved[index]
+        problem = PlanProblem(
+            frames=frames,
+            prev_actions=prev,
+            goal_latent=goal_latent,
+            goal_image=goal_image,
+            goal_proprio=goal_proprio,
+            seed=seed,
+            warm_start=warm_start,
+            executed_steps=req.executed_steps,
+            context_frames=None if context is None else context[0],
+            context_actions=None if context is None else context[1],
+        )
+        outcome, queue_ms, model_ms, batch_size = await _run(
+            request, Job("plan", problem, _deadline(s, req.deadline_ms), params)
+        )
+        model_ms_total, queue_ms_total = model_ms_total + model_ms, queue_ms_total + queue_ms
+        if goal_latent is None:
+            request.app.state.goals.put(gid, outcome.goal_latent)
+        if not (outcome.goal_reached and index < len(req.subgoals)):
+            break
+        index, warm_start = index + 1, None  # sub-goal reached: plan to the next one from here
     actions = limit_actions(
         _finite(np.asarray(outcome.actions, dtype=np.float32), "plan"),
         spec.action_low,
@@ -684,10 +699,11 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
         actions=actions.tolist(),
         energy=energy,
         current_energy=float(_finite(np.asarray(outcome.current_energy, dtype=np.float64), "current_energy")),
-        goal_reached=bool(outcome.goal_reached),
+        goal_reached=bool(outcome.goal_reached) and index == len(req.subgoals),
+        subgoal_index=index,
         ood_score=outcome.ood_score,
-        plan_ms=round(model_ms, 3),
-        queue_ms=round(queue_ms, 3),
+        plan_ms=round(model_ms_total, 3),
+        queue_ms=round(queue_ms_total, 3),
         batch_size=batch_size,
         model=spec.name,
         goal_id=gid,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,7 @@ class PlanResult:
     energy: float
     current_energy: float
     goal_reached: bool
+    subgoal_index: int
     ood_score: float | None
     plan_ms: float
     queue_ms: float
@@ -111,8 +113,12 @@ def _goal_body(goal: Goal | np.ndarray) -> dict:
     return {"image": _image(goal)}
 
 
-def _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize) -> dict:
+def _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
+               subgoals=(), subgoal_index: int = 0) -> dict:
     body: dict[str, Any] = {"observation": _observation(image, proprio, history), "goal": _goal_body(goal)}
+    if len(subgoals):
+        body["subgoals"] = [_goal_body(g) for g in subgoals]
+        body["subgoal_index"] = int(subgoal_index)
     if planner:
         body["planner"] = dict(planner)
     if warm_start is not None:
@@ -129,6 +135,7 @@ def _parse_plan(data: dict, round_trip_ms: float) -> PlanResult:
         energy=float(data["energy"]),
         current_energy=float(data["current_energy"]),
         goal_reached=bool(data["goal_reached"]),
+        subgoal_index=int(data.get("subgoal_index", 0)),
         ood_score=data.get("ood_score"),
         plan_ms=float(data["plan_ms"]),
         queue_ms=float(data["queue_ms"]),
@@ -274,17 +281,25 @@ class PlannerClient(_Base):
         planner: dict | None = None,
         deadline_s: float | None = None,
         resize: bool = False,
+        subgoals: Sequence[Goal | np.ndarray] = (),
+        subgoal_index: int = 0,
     ) -> PlanResult:
-        """One MPC step: image uint8 [S,S,3] -> PlanResult (actions float32 [H,A], native units)."""
+        """One MPC step: image uint8 [S,S,3] -> PlanResult (actions float32 [H,A], native units).
+
+        subgoals: goals planned to in order before `goal`; pass back `result.subgoal_index`."""
         t0 = time.perf_counter()
-        body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize)
+        body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
+                          subgoals, subgoal_index)
         try:
             data = self._request("POST", "/v1/plan", body, deadline_s)
         except GoalNotFound:
-            if not isinstance(goal, Goal):
+            uploaded = [g for g in (goal, *subgoals) if isinstance(g, Goal)]
+            if not uploaded:
                 raise
-            goal.goal_id = self.upload_goal(goal.image, goal.proprio).goal_id
-            body["goal"] = {"goal_id": goal.goal_id}
+            for g in uploaded:
+                g.goal_id = self.upload_goal(g.image, g.proprio).goal_id
+            body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
+                              subgoals, subgoal_index)
             data = self._request("POST", "/v1/plan", body, deadline_s)
         return _parse_plan(data, (time.perf_counter() - t0) * 1000.0)
 
@@ -397,16 +412,22 @@ class AsyncPlannerClient(_Base):
         planner: dict | None = None,
         deadline_s: float | None = None,
         resize: bool = False,
+        subgoals: Sequence[Goal | np.ndarray] = (),
+        subgoal_index: int = 0,
     ) -> PlanResult:
         t0 = time.perf_counter()
-        body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize)
+        body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
+                          subgoals, subgoal_index)
         try:
             data = await self._request("POST", "/v1/plan", body, deadline_s)
         except GoalNotFound:
-            if not isinstance(goal, Goal):
+            uploaded = [g for g in (goal, *subgoals) if isinstance(g, Goal)]
+            if not uploaded:
                 raise
-            goal.goal_id = (await self.upload_goal(goal.image, goal.proprio)).goal_id
-            body["goal"] = {"goal_id": goal.goal_id}
+            for g in uploaded:
+                g.goal_id = (await self.upload_goal(g.image, g.proprio)).goal_id
+            body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
+                              subgoals, subgoal_index)
             data = await self._request("POST", "/v1/plan", body, deadline_s)
         return _parse_plan(data, (time.perf_counter() - t0) * 1000.0)
 

@@ -59,9 +59,22 @@ class WarmStart(Strict):
     state: dict[str, Any]
 
 
+MAX_SUBGOALS = 16
+
+
 class PlanRequest(Strict):
     observation: Observation
     goal: GoalImage | GoalRef
+    subgoals: list[GoalImage | GoalRef] = Field(
+        default_factory=list,
+        max_length=MAX_SUBGOALS,
+        description="Intermediate goal images planned to in order before `goal` (e.g. pre-grasp, grasp, lift "
+        "for pick-and-place). The server plans to the first one not yet reached, starting at "
+        "`subgoal_index`, and moves on within the request when the observation reaches it.",
+    )
+    subgoal_index: int = Field(
+        0, ge=0, description="First sub-goal not yet reached: send back the response's subgoal_index."
+    )
     planner: PlannerRequest | None = None
     warm_start: WarmStart | None = None
     executed_steps: int = Field(
@@ -80,11 +93,15 @@ class PlanResponse(BaseModel):
         description="Energy of the current observation against the goal; goal_reached is current_energy <= "
         "the checkpoint's calibrated goal_energy_threshold (GET /v1/models)."
     )
-    goal_reached: bool
+    goal_reached: bool = Field(description="The final goal (not a sub-goal) is reached.")
+    subgoal_index: int = Field(
+        0, description="Which goal this plan heads for: i < len(subgoals) is subgoals[i], len(subgoals) the "
+        "final goal; energies and goal_id refer to it. Send it back with the next request."
+    )
     ood_score: float | None = Field(
         description="One-step prediction error of the history (None without one)."
     )
-    plan_ms: float = Field(description="Model time of the batch this plan was solved in.")
+    plan_ms: float = Field(description="Model time of the batch(es) this plan was solved in.")
     queue_ms: float
     batch_size: int
     model: str

@@ -132,6 +132,7 @@ def test_unknown_id_lists_known_ones():
         (dict(imagesize=64), "unknown kwargs.*accepted"),
         (dict(camera_offset=(0, 0)), "camera_offset must be 3"),
         (dict(camera_turn_deg=45), "camera_turn_deg must be"),
+        (dict(camera="wrist", camera_offset=(0.01, 0, 0)), "apply to"),
     ],
 )
 def test_bad_kwargs(kwargs, match):
@@ -155,6 +156,43 @@ def test_wrist_camera_and_size():
     obs, info = env.reset(seed=0)
     assert obs["image"].shape == (32, 32, 3) == info["goal_image"].shape
     assert obs["image"].std() > 5  # not a blank frame
+
+
+def test_block_tasks_default_to_the_closer_table_camera():
+    """The table view shows the 5 cm block over more pixels than the workspace view (it is what the block
+    models are trained on); reach keeps the workspace view its checkpoint was trained with."""
+    assert envs.make_env("ArmReach-v0").unwrapped.camera == "workspace"
+    red = {}
+    for camera in ("table", "workspace"):
+        env = envs.make_env("ArmPush-v0", camera=camera)
+        assert env.unwrapped.camera == camera
+        obs, _ = env.reset(seed=3)
+        im = obs["image"].astype(int)
+        red[camera] = int(((im[..., 0] > 150) & (im[..., 1] < 80) & (im[..., 2] < 80)).sum())
+    assert envs.make_env("ArmPush-v0").unwrapped.camera == "table"
+    assert red["table"] >= 1.5 * red["workspace"] > 0
+
+
+def test_pick_place_subgoals_pregrasp_grasp_lift_then_goal():
+    env = envs.make_env("ArmPickPlace-v0")
+    obs, info = env.reset(seed=4)
+    assert len(info["subgoal_images"]) == 3
+    assert all(im.shape == obs["image"].shape and im.dtype == np.uint8 for im in info["subgoal_images"])
+    u = env.unwrapped
+    block = u.task_state().copy()
+    pre, grasp, lift = u._subgoal_snapshots(u._goal_state)
+    u.set_snapshot(pre)
+    assert not u.holding() and u.ee_position()[2] > block[2] + 0.04 and u.gripper_opening() > 0.07
+    u.set_snapshot(grasp)
+    assert u.holding()
+    np.testing.assert_allclose(u.task_state(), block, atol=1e-6)
+    u.set_snapshot(lift)
+    assert u.holding() and u.task_state()[2] == pytest.approx(u.goal_task_state[2])
+    # sub-goals draw nothing from the episode rng and leave the start state as it was
+    again, _ = envs.make_env("ArmPickPlace-v0").reset(seed=4)
+    np.testing.assert_array_equal(again["image"], obs["image"])
+    for env_id in ("ArmReach-v0", "ArmPush-v0"):
+        assert envs.make_env(env_id).reset(seed=0)[1]["subgoal_images"] == []
 
 
 def test_gymnasium_make_registered():

@@ -123,3 +123,23 @@ def test_goal_reached_stops_episode_unless_disabled(tiny_ckpt, tmp_path):
     assert stopped["final_distance"] == pytest.approx(stopped["start_distance"])
     full = evaluate(EvalConfig(**kw, stop_on_goal=False))["per_episode"][0]
     assert not full["stopped_by_goal_reached"] and full["steps"] == 3
+
+
+def test_eval_plans_through_pick_place_subgoals(tiny_ckpt, tmp_path):
+    """Sub-goals are reached in order before the goal; a loose threshold passes all of them at once."""
+    import shutil
+
+    loose = tmp_path / "loose"
+    shutil.copytree(tiny_ckpt, loose)
+    cfg_path = loose / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["goal_energy_threshold"] = 1e9
+    cfg_path.write_text(json.dumps(cfg))
+    kw = dict(env="ArmPickPlace-v0", episodes=1, max_steps=2, samples=4, iterations=1, horizon=2,
+              progress=False)
+    ep = evaluate(EvalConfig(checkpoint=str(loose), **kw))["per_episode"][0]
+    assert ep["subgoals"] == 3 and ep["subgoal_reached_at_step"] == [0, 0, 0] and ep["stopped_by_goal_reached"]
+    strict = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), **kw))
+    assert strict["subgoals"] and strict["per_episode"][0]["subgoal_reached_at_step"] == []
+    off = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), subgoals=False, **kw))
+    assert not off["subgoals"] and "subgoals" not in off["per_episode"][0]

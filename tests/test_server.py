@@ -491,3 +491,22 @@ def test_service_doc_lists_every_setting():
     names = [f"PLANNER_{n.upper()}" for n in Settings.model_fields]
     missing = [n for n in names if f"| `{n}` |" not in doc]
     assert not missing, f"docs/SERVICE.md settings table lacks {missing}"
+
+
+def test_subgoals_are_planned_in_order_and_skipped_once_reached(client):
+    # the observation (100) already matches sub-goal 0: the server moves on to sub-goal 1 (130) within the request
+    r = client.post("/v1/plan", json=body(subgoals=[{"image": b64(100)}, {"image": b64(130)}]))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["subgoal_index"] == 1 and out["goal_reached"] is False
+    assert out["current_energy"] == pytest.approx(30 / 255 * 3**0.5, rel=1e-5)  # energy against sub-goal 1, not the goal
+    # from the returned index the next request plans to sub-goal 1 again
+    again = client.post("/v1/plan", json=body(subgoals=[{"image": b64(100)}, {"image": b64(130)}], subgoal_index=1))
+    assert again.json()["subgoal_index"] == 1
+    # all reached: the final goal, and goal_reached only for the final goal
+    done = client.post("/v1/plan", json=body(goal=100, subgoals=[{"image": b64(100)}]))
+    assert done.json()["subgoal_index"] == 1 and done.json()["goal_reached"] is True
+    bad = client.post("/v1/plan", json=body(subgoals=[{"image": b64(100)}], subgoal_index=2))
+    assert bad.status_code == 422 and "subgoal_index" in bad.json()["detail"]
+    bad = client.post("/v1/plan", json=body(subgoals=[{"image": "not base64"}]))
+    assert bad.status_code == 422 and "subgoals[0]" in bad.text
