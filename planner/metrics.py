@@ -217,13 +217,14 @@ class ProbeResult:
 
 
 def linear_probe_r2(train_latents, train_targets, test_latents, test_targets,
-                    ridge: float = 1e-3) -> ProbeResult:
+                    ridge: float = 1e-3, min_target_std: float = 1e-3) -> ProbeResult:
     """Closed-form ridge regression latents -> targets, fit on train, scored on test.
 
     Latents [N, D] are standardized with the train mean/std (constant dims dropped to zero); targets
     [N, K] are centred with the train mean. The penalty is `ridge * N_train` on the standardized weights.
-    R^2 per target = 1 - SSE / SST on the test set (SST about the test mean); a target that is constant
-    on the test set gets NaN.
+    R^2 per target = 1 - SSE / SST on the test set (SST about the test mean). A target whose test std is
+    below `min_target_std` (1 mm for our metre-valued task states: the height of a block resting on the
+    table in push) has no variance to explain: it gets NaN and stays out of the mean.
     """
     xtr, ytr = _as_2d_f64(train_latents, "train_latents"), _as_2d_f64(train_targets, "train_targets")
     xte, yte = _as_2d_f64(test_latents, "test_latents"), _as_2d_f64(test_targets, "test_targets")
@@ -245,7 +246,8 @@ def linear_probe_r2(train_latents, train_targets, test_latents, test_targets,
     pred = xs_te @ w + ymu
     sse = ((yte - pred) ** 2).sum(0)
     sst = ((yte - yte.mean(0)) ** 2).sum(0)
-    r2 = [float(1.0 - e / t) if t > 1e-12 else float("nan") for e, t in zip(sse, sst, strict=True)]
+    varies = yte.std(0) >= max(min_target_std, 1e-12)
+    r2 = [float(1.0 - e / t) if v else float("nan") for e, t, v in zip(sse, sst, varies, strict=True)]
     finite = [v for v in r2 if math.isfinite(v)]
     return ProbeResult(r2=r2, mean_r2=float(np.mean(finite)) if finite else float("nan"))
 

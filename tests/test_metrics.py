@@ -315,3 +315,13 @@ def test_quality_rejects_too_few_episodes(tmp_path):
     ckpt, data = _tiny_checkpoint_and_store(tmp_path)
     with pytest.raises(ValueError, match="--episodes must be >= 2"):
         run(QualityConfig(checkpoint=ckpt, data=data, episodes=1, success_threshold=0.1, device="cpu"))
+
+
+def test_linear_probe_leaves_out_targets_that_do_not_vary():
+    """A block resting on the table (height jitter well under 1 mm) is not scored as an unexplained target."""
+    rng = np.random.default_rng(1)
+    xy_tr, xy_te = rng.normal(size=(500, 2)), rng.normal(size=(200, 2))
+    mix = rng.normal(size=(2, 8))
+    z_tr, z_te = 0.025 + 1e-5 * rng.normal(size=(500, 1)), 0.025 + 1e-5 * rng.normal(size=(200, 1))
+    res = M.linear_probe_r2(xy_tr @ mix, np.hstack([xy_tr, z_tr]), xy_te @ mix, np.hstack([xy_te, z_te]))
+    assert np.isnan(res.r2[2]) and res.mean_r2 > 0.99
