@@ -39,12 +39,15 @@ def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
     goal = client.upload_goal(info["goal_image"])
+    subgoals = [client.upload_goal(g) for g in info.get("subgoal_images", [])]  # pick-and-place: pre-grasp ...
     frames, energies, round_trip_ms, plan_ms = [obs["image"]], [], [], []
     history: list[tuple[np.ndarray, np.ndarray]] = []
-    warm, reached = None, False
+    warm, reached, subgoal_index = None, False, 0
     for _ in range(u.task.step_budget):
         recent = history[max(0, len(history) - (history_len - 1)) :] if history_len > 1 else None
-        result = client.plan(obs["image"], goal, history=recent, warm_start=warm, executed_steps=1)
+        result = client.plan(obs["image"], goal, history=recent, warm_start=warm, executed_steps=1,
+                             subgoals=subgoals, subgoal_index=subgoal_index)
+        subgoal_index = result.subgoal_index
         energies.append(result.current_energy)
         round_trip_ms.append(result.round_trip_ms)
         plan_ms.append(result.plan_ms)
@@ -64,6 +67,7 @@ def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict
         start_distance=float(info["distance"]),
         steps=len(frames) - 1,
         goal_reached=reached,
+        subgoals_reached=subgoal_index if subgoals else None,
         energies=energies,
         round_trip_ms=round_trip_ms,
         plan_ms=plan_ms,
