@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("planner.evaluate", "EvalConfig"),
     "bench": ("planner.bench", "BenchConfig"),
     "surprise": ("planner.surprise", "SurpriseConfig"),
+    "plots": ("planner.pictures", "PlotsConfig"),
     "serve": ("server.serve", "ServeConfig"),  # the service layer sits above planner; named, not imported
 }
 
