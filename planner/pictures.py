@@ -533,7 +533,7 @@ class ProbeDecoder(nn.Module):
         return torch.tanh(self.net(torch.nn.functional.gelu(x)))
 
 
-def train_decoder_probe(latents: torch.Tensor, frames: np.ndarray, steps: int = 300, batch: int = 32,
+def train_decoder_probe(latents: torch.Tensor, frames: np.ndarray, steps: int, batch: int = 32,
                         lr: float = 2e-3, seed: int = 0, device: str | torch.device = "cpu",
                         progress: bool = False) -> tuple[ProbeDecoder, list[float]]:
     """Fit a ProbeDecoder to (latents float[N,D], frames uint8 [N,S,S,3]) by pixel MSE. The latents are
