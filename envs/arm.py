@@ -45,7 +45,11 @@ ARM_JOINTS = ("yaw", "shoulder", "elbow", "wrist")
 DOWN = np.array([0.0, 0.0, -1.0])
 _ROT_WEIGHT = 0.2  # metres per radian: weight of the hand-pointing-down row in the IK
 _DAMPING = 0.02  # DLS damping lambda
-KWARGS = ("image_size", "camera", "render_goal", "camera_offset", "camera_turn_deg", "render_mode")
+KWARGS = ("image_size", "camera", "render_goal", "camera_offset", "camera_turn_deg", "render_mode",
+          "block_rgba", "goal_region")
+GOAL_REGIONS = ("train", "shifted")
+"""`train`: goals from the task's own region (what evaluation uses); `shifted`: a generalization test, goals
+from a region next to it (reach only, envs/reach.py)."""
 CAMERAS = ("workspace", "table", "wrist")
 AIMED_CAMERAS = {"workspace": "look_target", "table": "table_target"}
 """Fixed cameras that aim at a target body (camera_offset and camera_turn_deg apply to these)."""
@@ -62,7 +66,7 @@ def snapshot_spec() -> int:
 
 
 def load_model(with_block: bool, camera_offset=(0.0, 0.0, 0.0), camera_turn_deg: float = 0.0,
-               camera: str = "workspace") -> mujoco.MjModel:
+               camera: str = "workspace", block_rgba=None) -> mujoco.MjModel:
     """Compile envs/assets/arm.xml; drop the block body when the task has none; shift the aimed `camera`
     by `camera_offset` (it keeps aiming at its target) and turn it by `camera_turn_deg` about the vertical
     axis through the camera (its target swings around it; positive = to the left)."""
@@ -70,6 +74,8 @@ def load_model(with_block: bool, camera_offset=(0.0, 0.0, 0.0), camera_turn_deg:
     spec = mujoco.MjSpec.from_file(str(path))
     if not with_block:
         spec.delete(spec.body("block"))
+    elif block_rgba is not None:
+        spec.material("block").rgba = np.asarray(block_rgba, dtype=float)
     if camera not in AIMED_CAMERAS:
         if np.any(np.asarray(camera_offset, dtype=float)) or camera_turn_deg:
             raise ValueError(f"camera_offset and camera_turn_deg apply to {sorted(AIMED_CAMERAS)}, not {camera!r}")
@@ -92,6 +98,8 @@ class ArmEnv(gym.Env):
     has_block: bool = False
     default_camera: str = "workspace"
     """Camera used when the `camera` kwarg is not given (the block tasks use the closer "table" view)."""
+    supports_shifted_goals: bool = False
+    """The task can sample goals from a region outside its training one (kwarg goal_region="shifted")."""
     control_hz = 1.0 / (N_SUBSTEPS * 0.005)
 
     def __init__(
@@ -102,6 +110,8 @@ class ArmEnv(gym.Env):
         camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
         camera_turn_deg: float = 0.0,
         render_mode: str | None = "rgb_array",
+        block_rgba: tuple[float, float, float, float] | None = None,
+        goal_region: str = "train",
     ) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
             raise ValueError(f"image_size must be an int (pixels), got {image_size!r}")
@@ -118,13 +128,24 @@ class ArmEnv(gym.Env):
         if not (isinstance(camera_turn_deg, (int, float)) and abs(camera_turn_deg) <= 10):
             raise ValueError(f"camera_turn_deg must be a number of degrees within 10, got "
                              f"{camera_turn_deg!r}")
+        if block_rgba is not None:
+            rgba = np.asarray(block_rgba, dtype=float)
+            if not self.has_block:
+                raise ValueError(f"block_rgba: {self.task.name} has no block")
+            if rgba.shape != (4,) or not np.all((rgba >= 0) & (rgba <= 1)):
+                raise ValueError(f"block_rgba must be 4 numbers in [0, 1] (r, g, b, a), got {block_rgba!r}")
+        if goal_region not in GOAL_REGIONS:
+            raise ValueError(f"goal_region must be one of {GOAL_REGIONS}, got {goal_region!r}")
+        if goal_region != "train" and not self.supports_shifted_goals:
+            raise ValueError(f"goal_region={goal_region!r}: {self.task.name} has only its training goal region")
+        self.goal_region = goal_region
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' (or None), got {render_mode!r}")
         self.image_size = int(image_size)
         self.camera = camera
         self.render_goal = render_goal
         self.render_mode = "rgb_array"
-        self.model = load_model(self.has_block, offset, float(camera_turn_deg), camera)
+        self.model = load_model(self.has_block, offset, float(camera_turn_deg), camera, block_rgba)
         self.data = mujoco.MjData(self.model)
         self._ik_data = mujoco.MjData(self.model)
         self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)

@@ -133,6 +133,8 @@ def test_unknown_id_lists_known_ones():
         (dict(camera_offset=(0, 0)), "camera_offset must be 3"),
         (dict(camera_turn_deg=45), "camera_turn_deg must be"),
         (dict(camera="wrist", camera_offset=(0.01, 0, 0)), "apply to"),
+        (dict(block_rgba=(0, 0, 1, 1)), "has no block"),
+        (dict(goal_region="far"), "goal_region must be one of"),
     ],
 )
 def test_bad_kwargs(kwargs, match):
@@ -193,6 +195,25 @@ def test_pick_place_subgoals_pregrasp_grasp_lift_then_goal():
     np.testing.assert_array_equal(again["image"], obs["image"])
     for env_id in ("ArmReach-v0", "ArmPush-v0"):
         assert envs.make_env(env_id).reset(seed=0)[1]["subgoal_images"] == []
+
+
+def test_generalization_kwargs_shifted_reach_goals_and_block_colour():
+    from envs.reach import REACH_HIGH, REACH_LOW
+
+    env = envs.make_env("ArmReach-v0", goal_region="shifted", render_goal=False)
+    for seed in range(20):
+        _, info = env.reset(seed=seed)
+        g = info["goal_task_state"]
+        assert np.any(g < REACH_LOW) or np.any(g > REACH_HIGH)
+    with pytest.raises(ValueError, match="only its training goal region"):
+        envs.make_env("ArmPush-v0", goal_region="shifted")
+    with pytest.raises(ValueError, match="block_rgba must be 4 numbers"):
+        envs.make_env("ArmPush-v0", block_rgba=(0, 0, 2, 1))
+    red, _ = envs.make_env("ArmPush-v0").reset(seed=1)
+    blue, _ = envs.make_env("ArmPush-v0", block_rgba=(0.1, 0.3, 0.9, 1.0)).reset(seed=1)
+    changed = np.any(red["image"] != blue["image"], axis=-1)
+    assert 10 < changed.sum() < 200  # the block's pixels, nothing else
+    np.testing.assert_array_equal(red["proprio"], blue["proprio"])
 
 
 def test_gymnasium_make_registered():
