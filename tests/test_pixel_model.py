@@ -157,6 +157,13 @@ def test_train_baseline_pixel_end_to_end(store_path, tmp_path):
     run(BaselineTrainConfig(**{**cfg.__dict__, "steps": 10_000, "time_budget": 0.5, "out": tmp_path / "tb"}))
     run_info = load(tmp_path / "tb").config["training_run"]
     assert 1 <= run_info["steps_done"] < 10_000 and run_info["time_budget_s"] == 0.5
+    assert run_info["budget_clock"] == "wall" and run_info["budget_seconds_used"] >= 0.5
+    # on the CPU clock (this process's CPU time) the same budget also stops it, and says so
+    run(BaselineTrainConfig(**{**cfg.__dict__, "steps": 10_000, "time_budget": 0.5, "budget_clock": "cpu",
+                               "out": tmp_path / "tbc"}))
+    run_info = load(tmp_path / "tbc").config["training_run"]
+    assert 1 <= run_info["steps_done"] < 10_000 and run_info["budget_clock"] == "cpu"
+    assert run_info["budget_seconds_used"] >= 0.5
 
 
 def test_time_budget_schedule():
