@@ -33,6 +33,13 @@ class WorldModelConfig:
     """Channels of the stride-2 conv layers of the encoder."""
     enc_groups: int = 8
     """GroupNorm groups in the encoder."""
+    enc_keypoints: int = 0
+    """P: spatial-softmax keypoints (Finn et al. 2016, deep spatial autoencoders) read from the feature map
+    after encoder layer `enc_keypoint_layer`: a 1x1 conv to P maps, a softmax over each map, and its
+    expected (x, y) in [-1, 1], concatenated to the flattened features before the linear head. Image
+    coordinates of small objects (the block) then reach the latent linearly. 0: none."""
+    enc_keypoint_layer: int = 2
+    """1-based encoder layer whose output feeds the keypoints (2: a 16x16 map at 64 px)."""
     pred_hidden: int = 256
     """Predictor hidden width."""
     pred_blocks: int = 1
@@ -53,6 +60,9 @@ class WorldModelConfig:
         for name in ("action_dim", "latent_dim", "history_len", "pred_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.enc_keypoints < 0 or not 1 <= self.enc_keypoint_layer <= n:
+            raise ValueError(f"enc_keypoints must be >= 0 and enc_keypoint_layer in 1..{n}, got "
+                             f"{self.enc_keypoints}, {self.enc_keypoint_layer}")
         if any(c % self.enc_groups for c in self.enc_channels):
             raise ValueError(
                 f"enc_channels {self.enc_channels} must be multiples of enc_groups {self.enc_groups}"
@@ -72,8 +82,29 @@ class WorldModelConfig:
         return cls(**d)
 
 
+class SpatialSoftmax(nn.Module):
+    """features [N,C,H,W] -> keypoints [N,2P]: per map (1x1 conv of the features) the softmax-weighted mean
+    image coordinate (x then y, each in [-1, 1]), with a learned temperature."""
+
+    def __init__(self, channels: int, keypoints: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(feats)
+        n, p, h, w = logits.shape
+        attn = torch.softmax(logits.flatten(2) / self.log_temperature.exp(), dim=-1).view(n, p, h, w)
+        ys = torch.linspace(-1.0, 1.0, h, device=feats.device, dtype=attn.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=feats.device, dtype=attn.dtype)
+        x = (attn.sum(2) * xs).sum(-1)
+        y = (attn.sum(3) * ys).sum(-1)
+        return torch.cat([x, y], dim=1)
+
+
 class Encoder(nn.Module):
-    """images [N,3,S,S] -> z [N,D]: stride-2 conv + GroupNorm + SiLU layers, then a linear head."""
+    """images [N,3,S,S] -> z [N,D]: stride-2 conv + GroupNorm + SiLU layers, then a linear head (fed also
+    with spatial-softmax keypoints [N,2P] of an intermediate layer when cfg.enc_keypoints > 0)."""
 
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
@@ -84,10 +115,17 @@ class Encoder(nn.Module):
             c_in = c
         self.convs = nn.Sequential(*layers)
         side = cfg.image_size // (2 ** len(cfg.enc_channels))
-        self.head = nn.Linear(c_in * side * side, cfg.latent_dim)
+        self.keypoint_after = 3 * cfg.enc_keypoint_layer  # index into self.convs past that layer's SiLU
+        self.keypoints = (SpatialSoftmax(cfg.enc_channels[cfg.enc_keypoint_layer - 1], cfg.enc_keypoints)
+                          if cfg.enc_keypoints else None)
+        self.head = nn.Linear(c_in * side * side + 2 * cfg.enc_keypoints, cfg.latent_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.convs(images).flatten(1))
+        if self.keypoints is None:
+            return self.head(self.convs(images).flatten(1))
+        mid = self.convs[: self.keypoint_after](images)
+        out = self.convs[self.keypoint_after :](mid)
+        return self.head(torch.cat([out.flatten(1), self.keypoints(mid)], dim=1))
 
 
 class ResidualBlock(nn.Module):

@@ -121,3 +121,35 @@ def test_constant_encoder_is_zero_loss_without_anti_collapse():
         obj = ObjectiveConfig(regularizer=reg, temporal_weight=0.0, rollout_steps=3)
         _, parts = jepa_loss(out, obj, 2, torch.Generator().manual_seed(0))
         assert parts["loss"] > 0.3
+
+
+def test_spatial_softmax_keypoints_find_a_bright_spot():
+    from planner.world_model import SpatialSoftmax
+
+    ss = SpatialSoftmax(channels=1, keypoints=1)
+    with torch.no_grad():
+        ss.proj.weight.fill_(1.0)
+        ss.proj.bias.zero_()
+        ss.log_temperature.fill_(-3.0)  # sharp
+    feats = torch.zeros(2, 1, 16, 16)
+    feats[0, 0, 3, 12] = 1.0  # row 3 (y), column 12 (x)
+    feats[1, 0, 15, 0] = 1.0
+    xy = ss(feats)
+    assert xy.shape == (2, 2)
+    grid = torch.linspace(-1, 1, 16)
+    torch.testing.assert_close(xy[0], torch.stack([grid[12], grid[3]]), atol=0.02, rtol=0)
+    torch.testing.assert_close(xy[1], torch.stack([grid[0], grid[15]]), atol=0.02, rtol=0)
+
+
+def test_encoder_with_keypoints_shapes_gradients_and_config_checks():
+    m = small_model(enc_keypoints=4, enc_keypoint_layer=2)
+    images = (torch.rand(3, 3, 32, 32) * 2 - 1).requires_grad_()
+    z = m.encode(images)
+    assert z.shape == (3, 16)
+    z.sum().backward()
+    assert m.encoder.keypoints.proj.weight.grad.abs().sum() > 0
+    assert m.encoder.head.in_features == 16 * 4 * 4 + 8
+    plain = small_model()
+    assert plain.encoder.keypoints is None and "encoder.keypoints.proj.weight" not in plain.state_dict()
+    with pytest.raises(ValueError, match="enc_keypoint_layer"):
+        WorldModelConfig(**{**SMALL, "enc_keypoints": 4, "enc_keypoint_layer": 5})
