@@ -33,4 +33,5 @@ def test_shipped_checkpoint_loads_and_is_small(entry):
     assert (path / "card.md").read_text().startswith(f"# {entry['name']}")
     loaded = load(path)
     assert loaded.name == entry["name"]
-    assert loaded.config["goal_energy_threshold"] > 0
+    if loaded.config["model_type"] != "gcbc":  # a policy has no goal-reached threshold
+        assert loaded.config["goal_energy_threshold"] > 0
