@@ -3,6 +3,11 @@
 Goal image: the block at the goal, and the arm resting beside it as at the end of a push: end effector
 PUSH_REST_BEHIND_M behind the block centre along the push direction (start -> goal), PUSH_HEIGHT_M above
 the table, gripper closed.
+
+Sub-goal images (reset info "subgoal_images", in order, like pick-and-place's): the hand above the push
+start point (TRAVEL_HEIGHT_M), the hand lowered behind the block (the push start), and the block pushed
+halfway to the goal with the hand behind it. Each is a short reach for the arm, and moving the hand from
+one to the next along the push line is what pushes the block.
 """
 
 from __future__ import annotations
@@ -54,6 +59,28 @@ class ArmPushEnv(ArmEnv):
 
     def task_state(self) -> np.ndarray:
         return self.block_position()
+
+    def _subgoal_snapshots(self, goal_state: np.ndarray) -> list[np.ndarray]:
+        """Above the push start, at the push start, halfway pushed: three snapshots, no rng draws."""
+        start = self.get_snapshot()
+        adr = self.model.joint("block").qposadr[0]
+        block_pose = self.data.qpos[adr : adr + 7].copy()
+        block = block_pose[:3].copy()
+        self.set_snapshot(goal_state)
+        goal = self.block_position()
+        self.set_snapshot(start)
+        direction = (goal[:2] - block[:2]) / max(np.linalg.norm(goal[:2] - block[:2]), 1e-9)
+        behind = block[:2] - PUSH_REST_BEHIND_M * direction
+        mid = (block[:2] + goal[:2]) / 2.0
+        snaps = []
+        for ee, block_xy in ((np.append(behind, TRAVEL_HEIGHT_M), block[:2]),
+                             (np.append(behind, PUSH_HEIGHT_M), block[:2]),
+                             (np.append(mid - PUSH_REST_BEHIND_M * direction, PUSH_HEIGHT_M), mid)):
+            self._place_arm(ee, gripper=1.0)
+            self.data.qpos[adr : adr + 7] = np.concatenate([np.append(block_xy, block[2]), block_pose[3:]])
+            snaps.append(self.get_snapshot())
+        self.set_snapshot(start)
+        return snaps
 
     def scripted_action(self) -> np.ndarray:
         """Go behind the block (lift, travel, lower), push along block -> goal, re-approach when off line."""

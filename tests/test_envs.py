@@ -193,8 +193,29 @@ def test_pick_place_subgoals_pregrasp_grasp_lift_then_goal():
     # sub-goals draw nothing from the episode rng and leave the start state as it was
     again, _ = envs.make_env("ArmPickPlace-v0").reset(seed=4)
     np.testing.assert_array_equal(again["image"], obs["image"])
-    for env_id in ("ArmReach-v0", "ArmPush-v0"):
-        assert envs.make_env(env_id).reset(seed=0)[1]["subgoal_images"] == []
+    assert envs.make_env("ArmReach-v0").reset(seed=0)[1]["subgoal_images"] == []
+
+
+def test_push_subgoals_above_behind_then_halfway():
+    from envs.push import PUSH_HEIGHT_M, TRAVEL_HEIGHT_M
+
+    env = envs.make_env("ArmPush-v0")
+    obs, info = env.reset(seed=4)
+    assert len(info["subgoal_images"]) == 3
+    u = env.unwrapped
+    block = u.task_state().copy()
+    above, behind, half = u._subgoal_snapshots(u._goal_state)
+    u.set_snapshot(above)
+    assert u.ee_position()[2] == pytest.approx(TRAVEL_HEIGHT_M, abs=2e-3)
+    np.testing.assert_allclose(u.task_state(), block, atol=1e-6)
+    u.set_snapshot(behind)
+    assert u.ee_position()[2] == pytest.approx(PUSH_HEIGHT_M, abs=2e-3)
+    to_goal = u.goal_task_state[:2] - block[:2]
+    assert (u.ee_position()[:2] - block[:2]) @ to_goal < 0  # behind the block, seen from the goal
+    u.set_snapshot(half)
+    np.testing.assert_allclose(u.task_state()[:2], (block[:2] + u.goal_task_state[:2]) / 2, atol=1e-6)
+    again, _ = envs.make_env("ArmPush-v0").reset(seed=4)
+    np.testing.assert_array_equal(again["image"], obs["image"])
 
 
 def test_generalization_kwargs_shifted_reach_goals_and_block_colour():
