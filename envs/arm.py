@@ -78,7 +78,8 @@ def load_model(with_block: bool, camera_offset=(0.0, 0.0, 0.0), camera_turn_deg:
         spec.material("block").rgba = np.asarray(block_rgba, dtype=float)
     if camera not in AIMED_CAMERAS:
         if np.any(np.asarray(camera_offset, dtype=float)) or camera_turn_deg:
-            raise ValueError(f"camera_offset and camera_turn_deg apply to {sorted(AIMED_CAMERAS)}, not {camera!r}")
+            raise ValueError(f"camera_offset and camera_turn_deg apply to {sorted(AIMED_CAMERAS)}, "
+                             f"not {camera!r}")
         return spec.compile()
     cam = spec.camera(camera)
     cam.pos = np.asarray(cam.pos) + np.asarray(camera_offset, dtype=float)
@@ -137,7 +138,8 @@ class ArmEnv(gym.Env):
         if goal_region not in GOAL_REGIONS:
             raise ValueError(f"goal_region must be one of {GOAL_REGIONS}, got {goal_region!r}")
         if goal_region != "train" and not self.supports_shifted_goals:
-            raise ValueError(f"goal_region={goal_region!r}: {self.task.name} has only its training goal region")
+            raise ValueError(f"goal_region={goal_region!r}: {self.task.name} has only its training goal "
+                             "region")
         self.goal_region = goal_region
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' (or None), got {render_mode!r}")

@@ -39,7 +39,7 @@ def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
     goal = client.upload_goal(info["goal_image"])
-    subgoals = [client.upload_goal(g) for g in info.get("subgoal_images", [])]  # pick-and-place: pre-grasp ...
+    subgoals = [client.upload_goal(g) for g in info.get("subgoal_images", [])]  # push, pick-and-place
     frames, energies, round_trip_ms, plan_ms = [obs["image"]], [], [], []
     history: list[tuple[np.ndarray, np.ndarray]] = []
     warm, reached, subgoal_index = None, False, 0

@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom at their smallest size (NOTEBOOK_SIZE=tiny), and are stored without outputs."""
+"""The notebooks run top to bottom at their smallest size (NOTEBOOK_SIZE=tiny) and are stored without
+outputs."""
 
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ def test_notebook_runs_at_tiny_size(path, tmp_path, monkeypatch):
     monkeypatch.setenv("NOTEBOOK_WORKDIR", str(tmp_path))
     monkeypatch.setenv("MUJOCO_GL", os.environ.get("MUJOCO_GL", "egl"))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT)}})
+    client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} drew no figure"

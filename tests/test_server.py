@@ -494,14 +494,16 @@ def test_service_doc_lists_every_setting():
 
 
 def test_subgoals_are_planned_in_order_and_skipped_once_reached(client):
-    # the observation (100) already matches sub-goal 0: the server moves on to sub-goal 1 (130) within the request
+    # the observation (100) already matches sub-goal 0: the server moves on to sub-goal 1 (130) in the request
     r = client.post("/v1/plan", json=body(subgoals=[{"image": b64(100)}, {"image": b64(130)}]))
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["subgoal_index"] == 1 and out["goal_reached"] is False
-    assert out["current_energy"] == pytest.approx(30 / 255 * 3**0.5, rel=1e-5)  # energy against sub-goal 1, not the goal
+    # the energy against sub-goal 1, not against the goal
+    assert out["current_energy"] == pytest.approx(30 / 255 * 3**0.5, rel=1e-5)
     # from the returned index the next request plans to sub-goal 1 again
-    again = client.post("/v1/plan", json=body(subgoals=[{"image": b64(100)}, {"image": b64(130)}], subgoal_index=1))
+    subgoals = [{"image": b64(100)}, {"image": b64(130)}]
+    again = client.post("/v1/plan", json=body(subgoals=subgoals, subgoal_index=1))
     assert again.json()["subgoal_index"] == 1
     # all reached: the final goal, and goal_reached only for the final goal
     done = client.post("/v1/plan", json=body(goal=100, subgoals=[{"image": b64(100)}]))
