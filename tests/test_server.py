@@ -321,8 +321,10 @@ def test_queue_full_is_503_with_retry_after():
     with serve(backend, queue_size=1, max_batch=1, max_wait_ms=0) as c:
         wait_ready(c)
         with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(c.post, "/v1/plan", json=body(obs=i)) for i in range(4)]
-            time.sleep(0.5)
+            futures = [pool.submit(c.post, "/v1/plan", json=body(obs=0))]
+            assert backend.entered.wait(10), "the worker never started the first plan"
+            futures += [pool.submit(c.post, "/v1/plan", json=body(obs=i)) for i in range(1, 4)]
+            time.sleep(0.5)  # the second waits in the queue (size 1), the others are turned away
             backend.release.set()
             codes = sorted(f.result().status_code for f in futures)
         full = [f.result() for f in futures if f.result().status_code == 503]

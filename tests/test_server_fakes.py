@@ -54,6 +54,7 @@ class FakeBackend:
         self.problems: list[PlanProblem] = []
         self.release = threading.Event()
         self.release.set()
+        self.entered = threading.Event()  # set when a plan call starts (before it waits for `release`)
 
     def warmup(self) -> None:
         self.encode(np.zeros((1, SIZE, SIZE, 3), np.uint8))
@@ -69,6 +70,7 @@ class FakeBackend:
             raise ValueError(f"mean must be {params.horizon}x4")
 
     def plan(self, problems: list[PlanProblem], params: PlannerParams) -> list[PlanOutcome]:
+        self.entered.set()
         self.release.wait(10)
         if self.oom_once:
             self.oom_once = False
