@@ -105,17 +105,23 @@ def test_bench_reports_latency_throughput_and_matmul_fraction(tiny_ckpt, tmp_pat
         bench(BenchConfig(checkpoint=str(tiny_ckpt), solvers=("adam",)))
 
 
-def test_goal_reached_stops_episode_unless_disabled(tiny_ckpt, tmp_path):
-    """With a huge goal threshold the agent reports goal_reached at once: the episode ends there (strict
-    rule: judged by the distance at that moment), unless --no-stop-on-goal."""
+def loose_copy(ckpt, tmp_path):
+    """A copy of the checkpoint whose goal threshold accepts every state (goal_reached at once)."""
     import shutil
 
     loose = tmp_path / "loose"
-    shutil.copytree(tiny_ckpt, loose)
+    shutil.copytree(ckpt, loose)
     cfg_path = loose / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["goal_energy_threshold"] = 1e9
     cfg_path.write_text(json.dumps(cfg))
+    return loose
+
+
+def test_goal_reached_stops_episode_unless_disabled(tiny_ckpt, tmp_path):
+    """With a huge goal threshold the agent reports goal_reached at once: the episode ends there (strict
+    rule: judged by the distance at that moment), unless --no-stop-on-goal."""
+    loose = loose_copy(tiny_ckpt, tmp_path)
     kw = dict(checkpoint=str(loose), episodes=1, max_steps=3, samples=4, iterations=1, horizon=2,
               progress=False)
     stopped = evaluate(EvalConfig(**kw))["per_episode"][0]
@@ -127,14 +133,7 @@ def test_goal_reached_stops_episode_unless_disabled(tiny_ckpt, tmp_path):
 
 def test_eval_plans_through_pick_place_subgoals(tiny_ckpt, tmp_path):
     """Sub-goals are reached in order before the goal; a loose threshold passes all of them at once."""
-    import shutil
-
-    loose = tmp_path / "loose"
-    shutil.copytree(tiny_ckpt, loose)
-    cfg_path = loose / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["goal_energy_threshold"] = 1e9
-    cfg_path.write_text(json.dumps(cfg))
+    loose = loose_copy(tiny_ckpt, tmp_path)
     kw = dict(env="ArmPickPlace-v0", episodes=1, max_steps=2, samples=4, iterations=1, horizon=2,
               progress=False)
     ep = evaluate(EvalConfig(checkpoint=str(loose), **kw))["per_episode"][0]
