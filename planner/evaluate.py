@@ -314,7 +314,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     env = make_env(env_id, **env_kwargs)
     task = env.unwrapped.task
     steps = task.step_budget if cfg.max_steps is None else min(cfg.max_steps, task.step_budget)
-    rule = Preprocessing.from_dict(ck["image"].get("preprocessing", {"size": ck["image"]["size"]}))
+    rule = Preprocessing.from_checkpoint_config(ck)
     solver_cfg = with_budget(make_solver(cfg.solver), samples=cfg.samples, iterations=cfg.iterations)
     agent = make_agent(loaded, cfg, solver_cfg)
     is_policy = ck["model_type"] == "gcbc"

@@ -34,6 +34,12 @@ class Preprocessing:
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(size=int(d["size"]), crop=str(d.get("crop", "center")))
 
+    @classmethod
+    def from_checkpoint_config(cls, config: dict) -> Preprocessing:
+        """The rule a checkpoint's config.json records under image.preprocessing (else: its image size)."""
+        image = config["image"]
+        return cls.from_dict(image.get("preprocessing") or {"size": image["size"]})
+
 
 def check_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
     """Validate an HxWx3 uint8 RGB array; raises ValueError that says what is wrong."""

@@ -32,8 +32,7 @@ class AgentBackend:
             samples=planner_cfg.get("samples"),
             iterations=planner_cfg.get("iterations"),
         )
-        image = cfg["image"]
-        pre = Preprocessing.from_dict(image.get("preprocessing") or {"size": image["size"]})
+        pre = Preprocessing.from_checkpoint_config(cfg)
         threshold = cfg.get("goal_energy_threshold")
         a = self.agent
         self.spec = ModelSpec(
