@@ -64,10 +64,6 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
     return path
 
 
-def _rule(config: dict) -> Preprocessing:
-    return Preprocessing.from_dict(config["image"].get("preprocessing", {"size": config["image"]["size"]}))
-
-
 # ------------------------------------------------------------------------------- 1. energy landscape
 
 
@@ -94,7 +90,7 @@ def mpc_state(agent: MPCAgent, env, seed: int, steps: int) -> MPCState:
     per-step planning seed), then plan once more and return that state and plan."""
     if steps < 0:
         raise ValueError(f"landscape step must be >= 0, got {steps}")
-    rule = _rule(agent.loaded.config)
+    rule = Preprocessing.from_checkpoint_config(agent.loaded.config)
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
     z_goal = agent.encode_goal(preprocess_image(info["goal_image"], rule))
@@ -445,13 +441,11 @@ def encode_frames(model, frames: np.ndarray, device: str | torch.device = "cpu",
 
 
 @torch.no_grad()
-def latent_trajectories(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu",
-                        context: int | None = None) -> LatentTrajectories:
-    """frames uint8 [T+1,S,S,3], actions float [T,A] normalized; the model rolls out from the first
-    `context` (default: its history length K) encoded frames with actions[context-1:]."""
-    k = int(model.history_len) if context is None else int(context)
-    if k != int(model.history_len):
-        raise ValueError(f"context must equal the model's history length {model.history_len}, got {k}")
+def latent_trajectories(model, frames: np.ndarray, actions: np.ndarray,
+                        device: str | torch.device = "cpu") -> LatentTrajectories:
+    """frames uint8 [T+1,S,S,3], actions float [T,A] normalized; the model rolls out from the first K
+    (its history length) encoded frames with actions[K-1:]."""
+    k = int(model.history_len)
     frames, actions = np.asarray(frames), np.asarray(actions, dtype=np.float32)
     if frames.ndim != 4 or actions.ndim != 2 or len(actions) != len(frames) - 1:
         raise ValueError(f"need frames [T+1,S,S,3] and actions [T,A], got {frames.shape} and {actions.shape}")
@@ -704,7 +698,7 @@ def run(cfg: PlotsConfig) -> dict:
     env = make_env(env_id, **train.get("env_kwargs", {}))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rule = _rule(ck)
+    rule = Preprocessing.from_checkpoint_config(ck)
     solver_cfg = with_budget(make_solver(cfg.solver), samples=cfg.samples, iterations=cfg.iterations)
     agent = MPCAgent(loaded, solver_cfg, horizon=cfg.horizon, device=cfg.device)
     seed = episode_seed(cfg.seed, 0, "eval")
