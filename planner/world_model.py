@@ -115,7 +115,7 @@ class Encoder(nn.Module):
             c_in = c
         self.convs = nn.Sequential(*layers)
         side = cfg.image_size // (2 ** len(cfg.enc_channels))
-        self.keypoint_after = 3 * cfg.enc_keypoint_layer  # index into self.convs past that layer's SiLU
+        self.keypoint_at = 3 * cfg.enc_keypoint_layer - 1  # index in self.convs of that layer's SiLU
         self.keypoints = (SpatialSoftmax(cfg.enc_channels[cfg.enc_keypoint_layer - 1], cfg.enc_keypoints)
                           if cfg.enc_keypoints else None)
         self.head = nn.Linear(c_in * side * side + 2 * cfg.enc_keypoints, cfg.latent_dim)
@@ -123,9 +123,12 @@ class Encoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.keypoints is None:
             return self.head(self.convs(images).flatten(1))
-        mid = self.convs[: self.keypoint_after](images)
-        out = self.convs[self.keypoint_after :](mid)
-        return self.head(torch.cat([out.flatten(1), self.keypoints(mid)], dim=1))
+        x, keypoints = images, None
+        for i, layer in enumerate(self.convs):
+            x = layer(x)
+            if i == self.keypoint_at:
+                keypoints = self.keypoints(x)
+        return self.head(torch.cat([x.flatten(1), keypoints], dim=1))
 
 
 class ResidualBlock(nn.Module):
