@@ -35,7 +35,7 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
     """Build an env by id; kwargs: image_size (64), camera ("workspace"|"table"|"wrist"; default: the
     task's, "table" for the block tasks), render_goal (True), camera_offset ((0, 0, 0) metres, shifts the
     camera), camera_turn_deg (0, turns it about the vertical axis), block_rgba (None; block tasks),
-    goal_region    ("train" | "shifted"; reach)."""
+    goal_region ("train" | "shifted"; reach)."""
     if not isinstance(env_id, str):
         raise ValueError(f"env id must be a string, got {env_id!r}")
     if env_id.startswith("gym:"):

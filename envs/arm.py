@@ -189,10 +189,11 @@ class ArmEnv(gym.Env):
         """What the task measures, float64[3] (metres, world frame)."""
         raise NotImplementedError
 
-    def _subgoal_snapshots(self, goal_state: np.ndarray) -> list[np.ndarray]:
-        """Physics snapshots of intermediate goals on the way from the current (start) state to
-        `goal_state`, in order, without the final goal; [] (the default) for tasks planned in one piece.
-        Must not draw from the episode rng (seeded episodes stay the same with or without sub-goals)."""
+    def _subgoal_snapshots(self) -> list[np.ndarray]:
+        """Physics snapshots of intermediate goals on the way from the current (start) state to the goal
+        (`self.goal_task_state`), in order, without the final goal; [] (the default) for tasks planned in
+        one piece. Leaves the start state as it was; must not draw from the episode rng (seeded episodes
+        stay the same with or without sub-goals)."""
         return []
 
     def scripted_action(self) -> np.ndarray:
@@ -212,10 +213,11 @@ class ArmEnv(gym.Env):
         goal_image = self.render() if self.render_goal else None
         self.set_snapshot(start)
         subgoal_images = []
-        for snap in self._subgoal_snapshots(self._goal_state):
+        for snap in self._subgoal_snapshots():
             self.set_snapshot(snap)
             subgoal_images.append(self.render() if self.render_goal else None)
-        self.set_snapshot(start)
+        if subgoal_images:
+            self.set_snapshot(start)
         dist = self.distance()
         info = dict(
             goal_image=goal_image,

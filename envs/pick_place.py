@@ -52,14 +52,11 @@ class ArmPickPlaceEnv(ArmEnv):
     def task_state(self) -> np.ndarray:
         return self.block_position()
 
-    def _subgoal_snapshots(self, goal_state: np.ndarray) -> list[np.ndarray]:
+    def _subgoal_snapshots(self) -> list[np.ndarray]:
         """Pre-grasp (open hand above the block), grasp (closed hand around it at its start), lift (held
         at the start xy, goal height): three snapshots derived from the start and goal, no rng draws."""
         start = self.get_snapshot()
-        block = self.block_position()
-        self.set_snapshot(goal_state)
-        goal = self.block_position()
-        self.set_snapshot(start)
+        block, goal = self.block_position(), self.goal_task_state
         yaw = radial_yaw(block[:2])
         snaps = []
         self._place_arm(block + np.array([0.0, 0.0, PREGRASP_ABOVE_M]), gripper=-1.0)

@@ -60,15 +60,12 @@ class ArmPushEnv(ArmEnv):
     def task_state(self) -> np.ndarray:
         return self.block_position()
 
-    def _subgoal_snapshots(self, goal_state: np.ndarray) -> list[np.ndarray]:
+    def _subgoal_snapshots(self) -> list[np.ndarray]:
         """Above the push start, at the push start, halfway pushed: three snapshots, no rng draws."""
         start = self.get_snapshot()
         adr = self.model.joint("block").qposadr[0]
         block_pose = self.data.qpos[adr : adr + 7].copy()
-        block = block_pose[:3].copy()
-        self.set_snapshot(goal_state)
-        goal = self.block_position()
-        self.set_snapshot(start)
+        block, goal = block_pose[:3].copy(), self.goal_task_state
         direction = (goal[:2] - block[:2]) / max(np.linalg.norm(goal[:2] - block[:2]), 1e-9)
         behind = block[:2] - PUSH_REST_BEHIND_M * direction
         mid = (block[:2] + goal[:2]) / 2.0

@@ -182,7 +182,7 @@ def test_pick_place_subgoals_pregrasp_grasp_lift_then_goal():
     assert all(im.shape == obs["image"].shape and im.dtype == np.uint8 for im in info["subgoal_images"])
     u = env.unwrapped
     block = u.task_state().copy()
-    pre, grasp, lift = u._subgoal_snapshots(u._goal_state)
+    pre, grasp, lift = u._subgoal_snapshots()
     u.set_snapshot(pre)
     assert not u.holding() and u.ee_position()[2] > block[2] + 0.04 and u.gripper_opening() > 0.07
     u.set_snapshot(grasp)
@@ -204,7 +204,7 @@ def test_push_subgoals_above_behind_then_halfway():
     assert len(info["subgoal_images"]) == 3
     u = env.unwrapped
     block = u.task_state().copy()
-    above, behind, half = u._subgoal_snapshots(u._goal_state)
+    above, behind, half = u._subgoal_snapshots()
     u.set_snapshot(above)
     assert u.ee_position()[2] == pytest.approx(TRAVEL_HEIGHT_M, abs=2e-3)
     np.testing.assert_allclose(u.task_state(), block, atol=1e-6)
