@@ -657,13 +657,13 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
             422, f"subgoal_index {req.subgoal_index} is past the {len(req.subgoals)} sub-goal(s) sent "
             f"(at most {len(req.subgoals)}: the final goal)"
         )
-    targets = [(g, f"subgoals[{i}]") for i, g in enumerate(req.subgoals)] + [(req.goal, "goal")]
-    resolved = [_goal(request, g, spec, req.resize, what) for g, what in targets]
     index = req.subgoal_index
+    targets = [(g, f"subgoals[{i}]") for i, g in enumerate(req.subgoals)][index:] + [(req.goal, "goal")]
+    resolved = [_goal(request, g, spec, req.resize, what) for g, what in targets]
     warm_start = req.warm_start.state if req.warm_start is not None else None
     model_ms_total, queue_ms_total = 0.0, 0.0
     while True:
-        gid, goal_latent, goal_image, goal_proprio = resolved[index]
+        gid, goal_latent, goal_image, goal_proprio = resolved[index - req.subgoal_index]
         problem = PlanProblem(
             frames=frames,
             prev_actions=prev,

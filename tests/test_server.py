@@ -510,6 +510,10 @@ def test_subgoals_are_planned_in_order_and_skipped_once_reached(client):
     # all reached: the final goal, and goal_reached only for the final goal
     done = client.post("/v1/plan", json=body(goal=100, subgoals=[{"image": b64(100)}]))
     assert done.json()["subgoal_index"] == 1 and done.json()["goal_reached"] is True
+    # sub-goals already passed are not read again: an unknown id there is no 404
+    passed = client.post("/v1/plan", json=body(subgoals=[{"goal_id": "evicted"}, {"image": b64(130)}],
+                                               subgoal_index=1))
+    assert passed.status_code == 200 and passed.json()["subgoal_index"] == 1
     bad = client.post("/v1/plan", json=body(subgoals=[{"image": b64(100)}], subgoal_index=2))
     assert bad.status_code == 422 and "subgoal_index" in bad.json()["detail"]
     bad = client.post("/v1/plan", json=body(subgoals=[{"image": "not base64"}]))
