@@ -1,10 +1,14 @@
 """`planner surprise`: physical-surprise detection with the world model's prediction error (docs/SURPRISE.md).
 
-Per-step surprise of a clip (frames uint8 [T+1,H,W,3], actions [T,A] normalized): for every step t,
-    errors[t] = ||predict(z[t-K+1..t], a[t-K+1..t]) - z[t+1]||^2
-(K = history length; before K frames exist the first latent repeats and the missing actions are zero, as
-the MPC pads), normalised by the model's typical error (median per-step error over possible clips, from a
-calibration set disjoint from the evaluation clips). Steps t < K-1 have padded context and are left out
+Per-step surprise of a clip (frames uint8 [T+1,H,W,3], actions [T,A] normalized): for every step t the
+residual r[t] = predict(z[t-K+1..t], a[t-K+1..t]) - z[t+1] (K = history length; before K frames exist the
+first latent repeats and the missing actions are zero, as the MPC pads) gives
+    errors[t] = ||r[t]||^2                    (plain, `score_clip` and POST /v1/surprise), or
+    errors[t] = r[t]^T P r[t]                 (`planner surprise --whiten`, the default),
+with P the inverse of the residual covariance on calibration data (shrunk toward its mean variance), so an
+error in a latent direction the model usually predicts well counts more than one in a noisy direction.
+Errors are normalised by the typical error (median per-step error over possible clips, from a calibration
+set disjoint from the evaluation clips). Steps t < K-1 have padded context and are left out
 of the clip score (max over the remaining steps) and of the flags.
 
 The command generates matched possible / impossible clips (envs.impossible) and reports, for our model and
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 
 from envs.impossible import KINDS, ClipConfig, mean_pixel_change
-from planner.preprocess import images_to_model_input
+from planner.preprocess import Preprocessing, images_to_model_input
 
 DEFAULT_FLAG_THRESHOLD = 10.0
 """Flag a step whose error is this many typical errors (used when no calibrated threshold is given)."""
@@ -63,8 +67,47 @@ class SurpriseConfig:
     figure: Path | None = None
     """Write a PNG: the first start's clips around the violation (possible + each kind) and their
     normalized per-step surprise."""
+    whiten: bool = True
+    """Score latent residuals by r^T P r (P: inverse shrunk residual covariance on calibration data) for
+    the world model and the untrained encoder; also reports the plain ||r||^2 world model as
+    `world_model_l2`. --no-whiten: plain squared error only."""
+    shrinkage: float = 0.1
+    """Whitening covariance = (1 - s) * sample covariance + s * (mean variance) * I, in [0, 1]."""
+    whitening_episodes: int = 100
+    """Possible clips (eval-stream indices after the calibration ones) whose residuals give the whitening
+    covariance when --calibration-data is not set (disjoint from the calibration clips, so the typical
+    error and the flag threshold are measured out of sample)."""
+    calibration_data: Path | None = None
+    """Trajectory store (e.g. the checkpoint's training store) whose highest-index episodes (the held-out
+    split of `planner train`) give the whitening covariance instead of --whitening-episodes clips."""
+    calibration_data_episodes: int = 100
+    """Episodes of --calibration-data used for the covariance."""
     progress: bool = True
     """Show tqdm progress."""
+
+
+@dataclass
+class Whitening:
+    """Residual whitening: residuals [T,D] -> r^T P r [T], P [D,D] the inverse of the shrunk covariance."""
+
+    precision: np.ndarray
+
+    @classmethod
+    def fit(cls, residuals: np.ndarray, shrinkage: float = 0.1) -> Whitening:
+        """residuals [N,D] (N > 1, finite) -> Whitening with P = ((1-s) C + s tr(C)/D I)^-1."""
+        r = np.asarray(residuals, dtype=np.float64)
+        if r.ndim != 2 or len(r) < 2 or not np.all(np.isfinite(r)):
+            raise ValueError(f"whitening needs finite residuals [N>1, D], got shape {r.shape}")
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+        cov = np.cov(r, rowvar=False)
+        scale = max(float(np.trace(cov)) / cov.shape[0], 1e-12)
+        cov = (1.0 - shrinkage) * cov + shrinkage * scale * np.eye(cov.shape[0])
+        return cls(precision=np.linalg.pinv(cov, hermitian=True))
+
+    def __call__(self, residuals: np.ndarray) -> np.ndarray:
+        r = np.asarray(residuals, dtype=np.float64)
+        return np.einsum("td,de,te->t", r, self.precision, r)
 
 
 @dataclass
@@ -115,16 +158,21 @@ def history_windows(z: torch.Tensor, actions: torch.Tensor, k: int) -> tuple[tor
 
 
 @torch.no_grad()
-def prediction_errors(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
-                      ) -> np.ndarray:
-    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> float64 [T]: ||predict - z[t+1]||^2 per step."""
+def prediction_residuals(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
+                         ) -> np.ndarray:
+    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> float64 [T,D]: predict - z[t+1] per step."""
     cfg = model.cfg
     frames, actions = _check_clip(frames, actions, cfg.image_size, cfg.action_dim)
     z = model.encode(images_to_model_input(np.ascontiguousarray(frames), device=device)).float()
     a = torch.as_tensor(actions, device=z.device)
     z_hist, a_hist = history_windows(z, a, model.history_len)
-    pred = model.predict(z_hist, a_hist).float()
-    return (pred - z[1:]).pow(2).sum(-1).double().cpu().numpy()
+    return (model.predict(z_hist, a_hist).float() - z[1:]).double().cpu().numpy()
+
+
+def prediction_errors(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
+                      ) -> np.ndarray:
+    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> float64 [T]: ||predict - z[t+1]||^2 per step."""
+    return np.square(prediction_residuals(model, frames, actions, device)).sum(-1)
 
 
 def summarize(errors: np.ndarray, typical_error: float, threshold: float, first_step: int) -> SurpriseResult:
@@ -213,6 +261,26 @@ class _Detector:
     scores: dict = field(default_factory=dict)  # (index, kind) -> SurpriseResult
 
 
+def store_residuals(model, store_path: Path, episodes: int, rule, device) -> np.ndarray:
+    """Residuals [N,D] of one-step predictions over the highest-index `episodes` episodes of a trajectory
+    store (the held-out split of `planner train`), images brought to the model's size by `rule`; the
+    first K-1 steps of each episode (padded context) are left out."""
+    from planner.preprocess import preprocess_image
+    from planner.store import TrajectoryStore
+
+    store = TrajectoryStore.open(store_path)
+    if store.meta.action_dim != model.cfg.action_dim:
+        raise ValueError(f"--calibration-data {store_path}: actions have dim {store.meta.action_dim}, the "
+                         f"model {model.cfg.action_dim}")
+    out = []
+    for ep in store.iter_episodes(store.indices()[-episodes:]):
+        frames = np.stack([preprocess_image(im, rule) for im in ep.images])
+        out.append(prediction_residuals(model, frames, ep.actions, device)[model.history_len - 1:])
+    if not out:
+        raise ValueError(f"--calibration-data {store_path} has no episodes")
+    return np.concatenate(out)
+
+
 def _untrained_like(loaded, seed: int, device) -> torch.nn.Module:
     """Same architecture as the checkpoint, random init (seeded), eval mode."""
     from planner.checkpoint import build_model
@@ -238,6 +306,23 @@ def _validate(cfg: SurpriseConfig) -> None:
         raise ValueError(f"--seed must be >= 0, got {cfg.seed}")
     if cfg.threads is not None and cfg.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {cfg.threads}")
+    if not 0.0 <= cfg.shrinkage <= 1.0:
+        raise ValueError(f"--shrinkage must be in [0, 1], got {cfg.shrinkage}")
+    if cfg.whitening_episodes < 1:
+        raise ValueError(f"--whitening-episodes must be >= 1, got {cfg.whitening_episodes}")
+    if cfg.calibration_data_episodes < 1:
+        raise ValueError(f"--calibration-data-episodes must be >= 1, got {cfg.calibration_data_episodes}")
+
+
+def _scoring_record(cfg: SurpriseConfig) -> dict:
+    """How the latent residuals were scored (the `scoring` key of the results)."""
+    if not cfg.whiten:
+        return dict(whiten=False)
+    if cfg.calibration_data:
+        return dict(whiten=True, shrinkage=cfg.shrinkage, covariance_from=str(cfg.calibration_data),
+                    episodes=cfg.calibration_data_episodes)
+    return dict(whiten=True, shrinkage=cfg.shrinkage, covariance_from="whitening clips",
+                episodes=cfg.whitening_episodes)
 
 
 def benchmark(cfg: SurpriseConfig) -> dict:
@@ -270,20 +355,45 @@ def benchmark(cfg: SurpriseConfig) -> dict:
     clip_cfg = ClipConfig(steps=cfg.steps, violation_min=max(k, min(6, cfg.steps - 1)),
                           violation_max=max(k, min(10, cfg.steps - 1)))
     untrained = _untrained_like(loaded, cfg.seed, cfg.device)
-    detectors = [
-        _Detector("world_model", lambda f, a: prediction_errors(model, f, a, cfg.device)),
-        _Detector("untrained", lambda f, a: prediction_errors(untrained, f, a, cfg.device)),
-        _Detector("pixel", lambda f, a: mean_pixel_change(f)),
-    ]
     first = k - 1
 
-    # calibration: typical per-step value of every detector on possible clips (disjoint seeds)
-    calib_raw = {d.name: [] for d in detectors}
+    # calibration: possible clips of disjoint seeds set each detector's typical value (and, by default,
+    # the whitening of the latent residuals)
     calib_idx = range(cfg.episodes, cfg.episodes + cfg.calibration_episodes)
-    for i in tqdm(calib_idx, desc="surprise calibrate", disable=not cfg.progress):
-        clip = make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1], cfg=clip_cfg).possible
-        for d in detectors:
-            calib_raw[d.name].append(d.step_scores(clip.frames, clip.actions)[first:])
+    calib_clips = [make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1],
+                              cfg=clip_cfg).possible
+                   for i in tqdm(calib_idx, desc="surprise calibrate", disable=not cfg.progress)]
+    whitening = {}
+    if cfg.whiten:
+        clips = []
+        if not cfg.calibration_data:
+            start = cfg.episodes + cfg.calibration_episodes
+            clips = [make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1],
+                                cfg=clip_cfg).possible
+                     for i in tqdm(range(start, start + cfg.whitening_episodes), desc="surprise whitening",
+                                   disable=not cfg.progress)]
+        for name, m in (("world_model", model), ("untrained", untrained)):
+            if cfg.calibration_data:
+                res = store_residuals(m, cfg.calibration_data, cfg.calibration_data_episodes,
+                                      Preprocessing.from_checkpoint_config(ck), cfg.device)
+            else:
+                res = np.concatenate([prediction_residuals(m, c.frames, c.actions, cfg.device)[first:]
+                                      for c in clips])
+            whitening[name] = Whitening.fit(res, cfg.shrinkage)
+
+    def latent_errors(m, w: Whitening | None):
+        if w is None:
+            return lambda f, a: prediction_errors(m, f, a, cfg.device)
+        return lambda f, a: w(prediction_residuals(m, f, a, cfg.device))
+
+    detectors = [_Detector("world_model", latent_errors(model, whitening.get("world_model")))]
+    if cfg.whiten:
+        detectors.append(_Detector("world_model_l2", latent_errors(model, None)))
+    detectors += [
+        _Detector("untrained", latent_errors(untrained, whitening.get("untrained"))),
+        _Detector("pixel", lambda f, a: mean_pixel_change(f)),
+    ]
+    calib_raw = {d.name: [d.step_scores(c.frames, c.actions)[first:] for c in calib_clips] for d in detectors}
     for d in detectors:
         d.typical = max(float(np.median(np.concatenate(calib_raw[d.name]))), 1e-12)
     calib_scores = [float(e.max()) / detectors[0].typical for e in calib_raw["world_model"]]
@@ -346,6 +456,7 @@ def benchmark(cfg: SurpriseConfig) -> dict:
         checkpoint_sha256=file_sha256(Path(cfg.checkpoint) / "model.safetensors"),
         episodes=cfg.episodes, seed=cfg.seed, kinds=list(cfg.kinds),
         calibration_episodes=cfg.calibration_episodes,
+        scoring=_scoring_record(cfg),
         history_len=k, clip=asdict(clip_cfg), typical_error=detectors[0].typical, flags=flags,
         detectors=results, targets=TARGETS,
         meets_targets={m: bool(wm[m] >= t) for m, t in TARGETS.items()},
@@ -404,11 +515,11 @@ def format_table(res: dict) -> str:
     """The printed summary: one row per detector and kind."""
     names = list(res["detectors"])
     lines = [f"{res['env']} {res['checkpoint_name']}: {res['episodes']} pairs per kind, seed {res['seed']}",
-             f"{'detector':<12} {'kind':<13} {'AUROC':>6} {'pairwise':>9} {'peak±1':>7}"]
+             f"{'detector':<15} {'kind':<13} {'AUROC':>6} {'pairwise':>9} {'peak±1':>7}"]
     for name in names:
         d = res["detectors"][name]
         for kind, m in [("all", d["overall"]), *d["per_kind"].items()]:
-            lines.append(f"{name:<12} {kind:<13} {m['auroc']:>6.3f} {m['pairwise_accuracy']:>9.3f} "
+            lines.append(f"{name:<15} {kind:<13} {m['auroc']:>6.3f} {m['pairwise_accuracy']:>9.3f} "
                          f"{m['peak_within_1']:>7.0%}")
     change = res["pixel_change_at_violation"]
     lines.append("mean pixel change at the violation step (possible -> impossible): " + ", ".join(

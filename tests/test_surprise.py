@@ -229,7 +229,8 @@ def test_planner_surprise_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
     })
     out = tmp_path / "s.json"
     main(["surprise", "--checkpoint", str(tmp_path / "ckpt"), "--env", "ArmPush-v0", "--episodes", "2",
-          "--calibration-episodes", "1", "--steps", "8", "--kinds", "vanish", "teleport", "--json", str(out),
+          "--calibration-episodes", "1", "--whitening-episodes", "2", "--steps", "8",
+          "--kinds", "vanish", "teleport", "--json", str(out),
           "--figure", str(tmp_path / "s.png"), "--no-progress", "--threads", "1"])
     printed = capsys.readouterr().out
     assert "world_model" in printed and "pixel" in printed and "untrained" in printed
@@ -239,7 +240,9 @@ def test_planner_surprise_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
                 "pixel_change_at_violation", "per_clip"):
         assert key in res, key
     assert res["kinds"] == ["vanish", "teleport"] and res["episodes"] == 2
-    assert set(res["detectors"]) == {"world_model", "untrained", "pixel"}
+    assert set(res["detectors"]) == {"world_model", "world_model_l2", "untrained", "pixel"}
+    assert res["scoring"] == {"whiten": True, "shrinkage": 0.1, "covariance_from": "whitening clips",
+                              "episodes": 2}
     for d in res["detectors"].values():
         assert set(d["per_kind"]) == {"vanish", "teleport"}
         for m in (d["overall"], *d["per_kind"].values()):
@@ -250,6 +253,61 @@ def test_planner_surprise_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_whitening_weights_each_latent_direction_by_its_typical_error():
+    from planner.surprise import Whitening
+
+    rng = np.random.default_rng(0)
+    residuals = rng.normal(size=(4000, 2)) * np.array([10.0, 0.1])  # a noisy and a precise direction
+    w = Whitening.fit(residuals, shrinkage=0.0)
+    noisy, precise = w(np.array([[1.0, 0.0]])), w(np.array([[0.0, 1.0]]))
+    assert noisy[0] == pytest.approx(0.01, rel=0.1) and precise[0] == pytest.approx(100.0, rel=0.1)
+    shrunk = Whitening.fit(residuals, shrinkage=1.0)  # all variance pooled: plain L2 / mean variance
+    assert shrunk(np.array([[1.0, 0.0]]))[0] == pytest.approx(shrunk(np.array([[0.0, 1.0]]))[0])
+    assert np.all(w(residuals[:10]) >= 0)
+    with pytest.raises(ValueError, match="finite residuals"):
+        Whitening.fit(np.full((5, 2), np.nan))
+    with pytest.raises(ValueError, match="shrinkage"):
+        Whitening.fit(residuals, shrinkage=2.0)
+
+
+def test_store_residuals_read_the_held_out_end_of_a_store(tmp_path):
+    from planner.preprocess import Preprocessing
+    from planner.surprise import prediction_residuals, store_residuals
+    from planner.world_model import WorldModel, WorldModelConfig
+    from tests.test_train import S, make_store
+
+    path = make_store(tmp_path / "store", episodes=4)
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(image_size=S, action_dim=2, latent_dim=8, enc_channels=(8, 8, 8),
+                                        pred_hidden=16)).eval()
+    rule = Preprocessing(size=S)
+    res = store_residuals(model, path, episodes=2, rule=rule, device="cpu")
+    from planner.store import TrajectoryStore
+
+    store = TrajectoryStore.open(path)
+    eps = [store.read(i) for i in store.indices()[-2:]]
+    expected = np.concatenate([prediction_residuals(model, e.images, e.actions)[1:] for e in eps])
+    np.testing.assert_allclose(res, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="dim"):
+        store_residuals(tiny_model(image_size=S), path, episodes=2, rule=rule, device="cpu")
+
+
+def test_planner_surprise_without_whitening_reports_the_plain_error(tmp_path):
+    from planner import checkpoint
+    from planner.surprise import SurpriseConfig, benchmark
+
+    checkpoint.save(tmp_path / "ckpt", tiny_model(image_size=32), {
+        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
+        "action": {"dim": 4, "low": [-0.025] * 3 + [-1.0], "high": [0.025] * 3 + [1.0], "units": "m"},
+        "history_len": 2,
+    })
+    res = benchmark(SurpriseConfig(checkpoint=tmp_path / "ckpt", env="ArmPush-v0", episodes=2,
+                                   calibration_episodes=1, steps=8, kinds=("teleport",), whiten=False,
+                                   progress=False, threads=1))
+    assert set(res["detectors"]) == {"world_model", "untrained", "pixel"}
+    assert res["scoring"] == {"whiten": False}
+
+
 def test_planner_surprise_rejects_bad_arguments(tmp_path):
     from planner.surprise import SurpriseConfig, benchmark
 
@@ -257,3 +315,5 @@ def test_planner_surprise_rejects_bad_arguments(tmp_path):
         benchmark(SurpriseConfig(checkpoint=tmp_path, env="ArmPush-v0", episodes=1))
     with pytest.raises(ValueError, match="--kinds"):
         benchmark(SurpriseConfig(checkpoint=tmp_path, env="ArmPush-v0", kinds=("melt",)))
+    with pytest.raises(ValueError, match="--shrinkage"):
+        benchmark(SurpriseConfig(checkpoint=tmp_path, env="ArmPush-v0", shrinkage=-0.1))
