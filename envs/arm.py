@@ -212,16 +212,20 @@ class ArmEnv(gym.Env):
         self.goal_proprio = self._proprio()
         goal_image = self.render() if self.render_goal else None
         self.set_snapshot(start)
-        subgoal_images = []
+        subgoal_images, subgoal_proprio, subgoal_task_states = [], [], []
         for snap in self._subgoal_snapshots():
             self.set_snapshot(snap)
             subgoal_images.append(self.render() if self.render_goal else None)
+            subgoal_proprio.append(self._proprio())
+            subgoal_task_states.append(self.task_state().copy())
         if subgoal_images:
             self.set_snapshot(start)
         dist = self.distance()
         info = dict(
             goal_image=goal_image,
             subgoal_images=subgoal_images,
+            subgoal_proprio=subgoal_proprio,
+            subgoal_task_states=subgoal_task_states,
             goal_proprio=self.goal_proprio.copy(),
             goal_task_state=self.goal_task_state.copy(),
             distance=dist,
@@ -266,6 +270,13 @@ class ArmEnv(gym.Env):
     # ----- members of docs/ARCHITECTURE.md ------------------------------------------------------------
     def distance(self) -> float:
         return float(np.linalg.norm(self.task_state() - self.goal_task_state))
+
+    def subgoal_distance(self, proprio: np.ndarray, task_state: np.ndarray) -> float:
+        """Metres from a sub-goal (its `subgoal_proprio` and `subgoal_task_states` entries of reset info):
+        end-effector distance + gripper-opening difference + task-state distance."""
+        ee = np.linalg.norm(self.ee_position() - proprio[:3])
+        task = np.linalg.norm(self.task_state() - task_state)
+        return float(ee + abs(self.gripper_opening() - proprio[3]) + task)
 
     def get_snapshot(self) -> np.ndarray:
         """float64[S]: full physics state + commanded targets + warm start (see `snapshot_spec`)."""

@@ -73,7 +73,8 @@ class EvalConfig:
     """Plan through the env's sub-goal images (reset info "subgoal_images", e.g. pick-and-place: pre-grasp,
     grasp, lift) before the goal, moving on when the agent reports the current one reached; envs without
     sub-goals are unaffected. --no-subgoals plans to the final goal image only. A gcbc policy has no
-    goal_reached signal to move on with, so it always gets the final goal only."""
+    goal_reached signal to move on with, so it always gets the final goal only. The simulator baseline
+    follows the same setting, planning through the sub-goals' true states."""
     baselines: bool = False
     """Also run the random and true-simulator baselines on the same seeds."""
     sim_samples: int = 64
@@ -139,10 +140,14 @@ def physics_step(env, action: np.ndarray) -> None:
         raise ValueError(f"the simulator baseline cannot step {type(u).__name__} without rendering")
 
 
-def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig):
+def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, target=None):
     """objective(actions float[1,S,H,A]) -> cost float[1,S]: the task distance after each simulated step,
     reduced over the horizon with the same weights as the latent objective (a final-step-only cost lets
-    MPC put off moving: measured 0% at the agent's budget)."""
+    MPC put off moving: measured 0% at the agent's budget). `target` (proprio, task_state) of a sub-goal
+    scores `subgoal_distance` to it instead."""
+
+    def distance(u) -> float:
+        return u.distance() if target is None else u.subgoal_distance(*target)
 
     def objective(actions: torch.Tensor) -> torch.Tensor:
         acts = actions.detach().cpu().numpy()[0]
@@ -153,7 +158,7 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig):
             u.set_snapshot(snapshot)
             for h, a in enumerate(seq):
                 physics_step(env, a)
-                cost[s] += weights[h] * u.distance()
+                cost[s] += weights[h] * distance(u)
         u.set_snapshot(snapshot)
         return torch.as_tensor(cost, dtype=torch.float32)[None]
 
@@ -250,26 +255,37 @@ def run_random_episode(env, seed: int, steps: int) -> dict:
 
 
 def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
-                          objective: ObjectiveConfig) -> dict:
+                          objective: ObjectiveConfig, subgoals: bool = False) -> dict:
     """The solver planning on the true physics (no rendering), replanning every step (the ceiling);
-    `objective` gives the reduction over the horizon, the agent's own."""
+    `objective` gives the reduction over the horizon, the agent's own. With `subgoals` it plans to the
+    env's sub-goal states in turn (reset info `subgoal_proprio`, `subgoal_task_states`), moving on once
+    within the task's success distance of one (`subgoal_distance`), as the agent does with sub-goal images."""
     u = env.unwrapped
     _, info = env.reset(seed=seed)
     start = float(info["distance"])
+    targets = list(zip(info.get("subgoal_proprio", []), info.get("subgoal_task_states", []), strict=True))
+    targets = (targets if subgoals else []) + [None]
     a_dim = u.action_space.shape[0]
     gen = torch.Generator().manual_seed(seed % (2**63))
-    init, plan_ms = None, []
-    for _ in range(steps):
+    init, plan_ms, stage, reached_at = None, [], 0, []
+    for t in range(steps):
+        while targets[stage] is not None and u.subgoal_distance(*targets[stage]) <= u.task.success_threshold:
+            stage, init = stage + 1, None
+            reached_at.append(t)
         t0 = time.perf_counter()
         snap = u.get_snapshot()
-        sol = solve(simulator_objective(env, snap, objective), solver_cfg, batch=1, horizon=horizon,
-                    action_dim=a_dim, init=init, generator=gen)
+        sol = solve(simulator_objective(env, snap, objective, targets[stage]), solver_cfg, batch=1,
+                    horizon=horizon, action_dim=a_dim, init=init, generator=gen)
         plan_ms.append((time.perf_counter() - t0) * 1e3)
         physics_step(env, sol.actions[0, 0].numpy())
         init = shift_plan(sol.state, 1)
     final = float(u.distance())
-    return dict(seed=int(seed), success=bool(final <= u.task.success_threshold), final_distance=final,
-                start_distance=start, steps=steps, _plan_ms=plan_ms)
+    rec = dict(seed=int(seed), success=bool(final <= u.task.success_threshold), final_distance=final,
+               start_distance=start, steps=steps, _plan_ms=plan_ms)
+    if len(targets) > 1:
+        rec["subgoals"] = len(targets) - 1
+        rec["subgoal_reached_at_step"] = reached_at
+    return rec
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -370,13 +386,15 @@ def evaluate(cfg: EvalConfig) -> dict:
         sim_seeds = seeds[: cfg.sim_episodes] if cfg.sim_episodes else seeds
         t0 = time.perf_counter()
         sim_objective = ObjectiveConfig() if is_policy else agent.objective
-        sim = [run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps, sim_objective)
+        sim_subgoals = bool(cfg.subgoals and not is_policy)
+        sim = [run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps, sim_objective, sim_subgoals)
                for s in tqdm(sim_seeds, desc="baseline simulator", disable=not cfg.progress)]
         sim_s = time.perf_counter() - t0
         result["baselines"] = dict(
             random=dict(solver="random", **common(0, 0, 0, len(rand)), **_summary(rand)),
             simulator=dict(solver=cfg.solver, **common(cfg.sim_samples, cfg.sim_iterations, cfg.sim_horizon,
-                                                       len(sim)), wall_s=sim_s, **_summary(sim)),
+                                                       len(sim)), subgoals=sim_subgoals, wall_s=sim_s,
+                           **_summary(sim)),
         )
     env.close()
     if cfg.json:

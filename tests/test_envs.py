@@ -214,6 +214,12 @@ def test_push_subgoals_above_behind_then_halfway():
     assert (u.ee_position()[:2] - block[:2]) @ to_goal < 0  # behind the block, seen from the goal
     u.set_snapshot(half)
     np.testing.assert_allclose(u.task_state()[:2], (block[:2] + u.goal_task_state[:2]) / 2, atol=1e-6)
+    # reset info carries each sub-goal's true state; subgoal_distance is 0 there and > 0 at the start
+    half_state = (info["subgoal_proprio"][2], info["subgoal_task_states"][2])
+    assert u.subgoal_distance(*half_state) == pytest.approx(0, abs=1e-5)
+    np.testing.assert_allclose(info["subgoal_task_states"][2], u.task_state(), atol=1e-9)
+    u.set_snapshot(above)
+    np.testing.assert_allclose(info["subgoal_proprio"][0], u._proprio(), atol=1e-6)
     again, _ = envs.make_env("ArmPush-v0").reset(seed=4)
     np.testing.assert_array_equal(again["image"], obs["image"])
 

@@ -82,6 +82,27 @@ def test_simulator_step_matches_env_step():
     env.close()
 
 
+def test_simulator_ceiling_plans_through_subgoal_states():
+    """With sub-goals the simulator baseline records them (and how far it got); without, it plans to the
+    goal only. The start is not already within the success distance of the first sub-goal."""
+    from envs import make_env
+    from planner.evaluate import run_simulator_episode
+    from planner.objectives import ObjectiveConfig
+    from planner.solvers import make_solver
+
+    env = make_env("ArmPush-v0", render_goal=False)
+    solver = make_solver("cem", samples=4, iterations=1)
+    rec = run_simulator_episode(env, solver, 2, seed=3, steps=2, objective=ObjectiveConfig(), subgoals=True)
+    assert rec["subgoals"] == 3 and len(rec["_plan_ms"]) == 2
+    plain = run_simulator_episode(env, solver, 2, seed=3, steps=2, objective=ObjectiveConfig())
+    assert "subgoals" not in plain
+    u = env.unwrapped
+    _, info = env.reset(seed=3)
+    target = (info["subgoal_proprio"][0], info["subgoal_task_states"][0])
+    assert u.subgoal_distance(*target) > u.task.success_threshold  # the start is not the first sub-goal
+    env.close()
+
+
 def test_eval_rejects_bad_options(tiny_ckpt):
     with pytest.raises(ValueError, match="unknown --solver"):
         evaluate(EvalConfig(checkpoint=str(tiny_ckpt), solver="adam", progress=False))
