@@ -2,7 +2,8 @@
 
 The same rule `planner train` applies at the end of training (planner.train.calibrate_goal_threshold),
 for when the rule's margin changes, or the checkpoint should be calibrated on other data of the same
-robot. Rewrites config.json and card.md atomically; the weights (and so the model's name) are unchanged.
+robot. Rewrites config.json and card.md atomically, keeping the card's hand-written "## Results" sections;
+the weights (and so the model's name) are unchanged.
 
     planner calibrate --checkpoint checkpoints/arm-reach --data data/reach1k [--margin 0.5]
 """
@@ -70,7 +71,9 @@ def run(cfg: CalibrateConfig) -> dict:
     updated["goal_energy_threshold"] = result["threshold"]
     updated["goal_energy_calibration"] = result
     updated["commands"] = [*config.get("commands", []), *([command] if command else [])]
-    name = checkpoint.save(cfg.checkpoint, model, updated)
+    card_path = Path(cfg.checkpoint) / checkpoint.CARD_FILE
+    tail = checkpoint.card_results_sections(card_path.read_text()) if card_path.exists() else ""
+    name = checkpoint.save(cfg.checkpoint, model, updated, card_tail=tail)
     print(f"{name}: goal_energy_threshold {config.get('goal_energy_threshold')} -> {result['threshold']:.4g} "
           f"(margin {cfg.margin}, {result['source']} pairs, recall {result['recall']:.0%}, "
           f"false accept {result['false_accept_rate']:.2%})")

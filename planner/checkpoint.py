@@ -88,11 +88,25 @@ def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def save(path: str | os.PathLike, model: nn.Module, config: dict, card: str | None = None) -> str:
+RESULTS_HEADING = "## Results"
+"""card.md sections from this heading on are written by hand (measured results): rewrites keep them."""
+
+
+def card_results_sections(card: str) -> str:
+    """The hand-written tail of a card.md text: from its first RESULTS_HEADING line on ("" if none)."""
+    for i, line in enumerate(card.splitlines(keepends=True)):
+        if line.startswith(RESULTS_HEADING):
+            return "".join(card.splitlines(keepends=True)[i:])
+    return ""
+
+
+def save(path: str | os.PathLike, model: nn.Module, config: dict, card: str | None = None,
+         card_tail: str = "") -> str:
     """Write CKPT atomically; returns the checkpoint name.
 
     config: everything describing the model except `format_version`, `model_type`, `architecture` and
-    `weights_sha256`, which are filled in here from the model. card: card.md text (default: render_card).
+    `weights_sha256`, which are filled in here from the model. card: card.md text (default: render_card);
+    card_tail: text appended to it (the hand-written results of a card being rewritten).
     """
     from safetensors.torch import save_file
 
@@ -114,7 +128,10 @@ def save(path: str | os.PathLike, model: nn.Module, config: dict, card: str | No
         full["weights_sha256"] = sha
         (tmp / CONFIG_FILE).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
         name = f"{path.name}@{sha[:12]}"
-        (tmp / CARD_FILE).write_text(card if card is not None else render_card(full, name))
+        text = card if card is not None else render_card(full, name)
+        if card_tail:
+            text = text.rstrip("\n") + "\n\n" + card_tail
+        (tmp / CARD_FILE).write_text(text)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -219,9 +219,14 @@ def test_calibrate_rewrites_the_threshold_and_keeps_the_weights(store_path, tmp_
 
     path = run(tiny_cfg(store_path, tmp_path, goal_margin=1.0))
     before = load(path)
+    card = Path(path) / "card.md"
+    card.write_text(card.read_text() + "\n## Results (measured by hand)\n\n| success | 42% |\n")
     result = calibrate(CalibrateConfig(checkpoint=path, data=store_path, margin=0.5, episodes=20))
     after = load(path)
     assert after.name == before.name  # same weights, same name
+    text = card.read_text()  # re-rendered (new threshold) with the hand-written results kept once
+    assert text.count("## Results (measured by hand)") == 1 and text.rstrip().endswith("| success | 42% |")
+    assert f"goal_energy_threshold: {result['threshold']:.4g}" in text
     assert after.config["goal_energy_threshold"] == result["threshold"]
     assert result["margin"] == 0.5 and result["success_threshold"] == 0.05  # 0.5 x the task's 0.1
     assert after.config["goal_energy_threshold"] <= before.config["goal_energy_threshold"]
