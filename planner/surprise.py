@@ -82,6 +82,10 @@ class SurpriseConfig:
     split of `planner train`) give the whitening covariance instead of --whitening-episodes clips."""
     calibration_data_episodes: int = 100
     """Episodes of --calibration-data used for the covariance."""
+    save_calibration: bool = False
+    """Write the plain score's calibration (`serving_calibration`: typical error and flag threshold) into
+    the checkpoint's config.json under `surprise`, where POST /v1/surprise reads it; the weights and the
+    model's name are unchanged, the card's hand-written results are kept."""
     progress: bool = True
     """Show tqdm progress."""
 
@@ -398,6 +402,11 @@ def benchmark(cfg: SurpriseConfig) -> dict:
         d.typical = max(float(np.median(np.concatenate(calib_raw[d.name]))), 1e-12)
     calib_scores = [float(e.max()) / detectors[0].typical for e in calib_raw["world_model"]]
     threshold = float(np.quantile(calib_scores, cfg.flag_quantile))
+    plain = detectors[1] if cfg.whiten else detectors[0]  # the score score_clip and the server compute
+    plain_scores = [float(e.max()) / plain.typical for e in calib_raw[plain.name]]
+    serving = dict(score="l2", typical_error=plain.typical, flag_quantile=cfg.flag_quantile, env=cfg.env,
+                   calibration_episodes=cfg.calibration_episodes,
+                   threshold=float(np.quantile(plain_scores, cfg.flag_quantile)))
 
     # evaluation clips
     records, pixel_at_v = [], {kind: {"possible": [], "impossible": []} for kind in cfg.kinds}
@@ -458,6 +467,7 @@ def benchmark(cfg: SurpriseConfig) -> dict:
         calibration_episodes=cfg.calibration_episodes,
         scoring=_scoring_record(cfg),
         history_len=k, clip=asdict(clip_cfg), typical_error=detectors[0].typical, flags=flags,
+        serving_calibration=serving,
         detectors=results, targets=TARGETS,
         meets_targets={m: bool(wm[m] >= t) for m, t in TARGETS.items()},
         beats_baselines={b: {m: bool(wm[m] > results[b]["overall"][m]) for m in TARGETS}
@@ -532,9 +542,27 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def save_serving_calibration(checkpoint_dir: Path, calibration: dict, device="cpu") -> str:
+    """Store `calibration` as config.json `surprise` of a checkpoint (atomic rewrite, same weights)."""
+    from planner import checkpoint
+
+    loaded = checkpoint.load(checkpoint_dir, device)
+    auto = ("format_version", "model_type", "architecture", "weights_sha256")
+    updated = {k: v for k, v in loaded.config.items() if k not in auto}
+    updated["surprise"] = calibration
+    card_path = Path(checkpoint_dir) / checkpoint.CARD_FILE
+    tail = checkpoint.card_results_sections(card_path.read_text()) if card_path.exists() else ""
+    return checkpoint.save(checkpoint_dir, loaded.model, updated, card_tail=tail)
+
+
 def run(cfg: SurpriseConfig) -> None:
     res = benchmark(cfg)
     print(format_table(res))
+    if cfg.save_calibration:
+        name = save_serving_calibration(cfg.checkpoint, res["serving_calibration"], cfg.device)
+        c = res["serving_calibration"]
+        print(f"{name}: config.json surprise = typical error {c['typical_error']:.4g}, flag threshold "
+              f"{c['threshold']:.2f} typical errors (plain score, {c['flag_quantile']:.0%} quantile)")
     for path in (cfg.json, cfg.figure):
         if path:
             print(f"wrote {path}")

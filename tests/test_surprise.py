@@ -308,6 +308,33 @@ def test_planner_surprise_without_whitening_reports_the_plain_error(tmp_path):
     assert res["scoring"] == {"whiten": False}
 
 
+def test_save_calibration_is_what_the_server_backend_scores_with(tmp_path, clips):
+    from planner import checkpoint
+    from planner.surprise import SurpriseConfig, run
+    from server.agent_backend import AgentBackend
+
+    ck = tmp_path / "ckpt"
+    checkpoint.save(ck, tiny_model(image_size=64), {
+        "image": {"size": 64, "preprocessing": {"size": 64, "crop": "center"}},
+        "action": {"dim": 4, "low": [-0.025] * 3 + [-1.0], "high": [0.025] * 3 + [1.0], "units": "m"},
+        "history_len": 2,
+    })
+    (ck / "card.md").write_text((ck / "card.md").read_text() + "\n## Results\n\nmeasured by hand\n")
+    before = checkpoint.load(ck).name
+    run(SurpriseConfig(checkpoint=ck, env="ArmPush-v0", episodes=2, calibration_episodes=2,
+                       whitening_episodes=2, steps=8, kinds=("teleport",), save_calibration=True,
+                       progress=False, threads=1))
+    loaded = checkpoint.load(ck)
+    calib = loaded.config["surprise"]
+    assert loaded.name == before and (ck / "card.md").read_text().rstrip().endswith("measured by hand")
+    assert calib["score"] == "l2" and calib["typical_error"] > 0 and calib["threshold"] > 0
+    p = clips.possible
+    out = AgentBackend(loaded).surprise(p.frames, AgentBackend(loaded).agent.action_spec.to_native(p.actions))
+    assert out["typical_error"] == pytest.approx(calib["typical_error"])
+    assert out["threshold"] == pytest.approx(calib["threshold"])
+    np.testing.assert_allclose(out["normalized"], np.array(out["errors"]) / calib["typical_error"], rtol=1e-6)
+
+
 def test_planner_surprise_rejects_bad_arguments(tmp_path):
     from planner.surprise import SurpriseConfig, benchmark
 
