@@ -369,20 +369,20 @@ def benchmark(cfg: SurpriseConfig) -> dict:
                    for i in tqdm(calib_idx, desc="surprise calibrate", disable=not cfg.progress)]
     whitening = {}
     if cfg.whiten:
-        clips = []
+        whitening_clips = []
         if not cfg.calibration_data:
             start = cfg.episodes + cfg.calibration_episodes
-            clips = [make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1],
-                                cfg=clip_cfg).possible
-                     for i in tqdm(range(start, start + cfg.whitening_episodes), desc="surprise whitening",
-                                   disable=not cfg.progress)]
+            whitening_clips = [make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1],
+                                          cfg=clip_cfg).possible
+                               for i in tqdm(range(start, start + cfg.whitening_episodes),
+                                             desc="surprise whitening", disable=not cfg.progress)]
         for name, m in (("world_model", model), ("untrained", untrained)):
             if cfg.calibration_data:
                 res = store_residuals(m, cfg.calibration_data, cfg.calibration_data_episodes,
                                       Preprocessing.from_checkpoint_config(ck), cfg.device)
             else:
                 res = np.concatenate([prediction_residuals(m, c.frames, c.actions, cfg.device)[first:]
-                                      for c in clips])
+                                      for c in whitening_clips])
             whitening[name] = Whitening.fit(res, cfg.shrinkage)
 
     def latent_errors(m, w: Whitening | None):
