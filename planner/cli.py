@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("planner.bench", "BenchConfig"),
     "surprise": ("planner.surprise", "SurpriseConfig"),
     "plots": ("planner.pictures", "PlotsConfig"),
+    "compare-chart": ("planner.compare_chart", "CompareChartConfig"),
     "serve": ("server.serve", "ServeConfig"),  # the service layer sits above planner; named, not imported
 }
 

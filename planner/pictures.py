@@ -40,7 +40,8 @@ from planner.preprocess import Preprocessing, images_to_model_input, preprocess_
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,7 +52,7 @@ def _pyplot():
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Save a figure as PNG atomically (temp file in the same directory, then os.replace); closes it."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -233,7 +234,7 @@ def _dim_name(d: int) -> str:
 
 def plot_energy_landscape(land: Landscape, path: str | os.PathLike, title: str = "") -> Path:
     """Heatmap(s) of the landscape: model cost (and true simulator cost) with the plan (offset 0) marked."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [("imagined planning cost (model objective)", land.cost, "viridis")]
     if land.true_cost is not None:
         panels.append((f"true cost: simulator task distance [m], same candidates and horizon weights\n"
@@ -351,7 +352,7 @@ def sweep_title(curves: dict[str, BudgetCurve]) -> str:
 
 def plot_success_vs_budget(curves: dict[str, BudgetCurve], path: str | os.PathLike, title: str = "") -> Path:
     """Success rate vs samples per iteration (log2 x), one line per solver, shaded 95% Wilson interval."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for c in curves.values():
         n = "/".join(str(e) for e in sorted(set(c.episodes.tolist())))
@@ -467,7 +468,7 @@ def latent_trajectories(model, frames: np.ndarray, actions: np.ndarray,
 
 def plot_latent_pca(tr: LatentTrajectories, path: str | os.PathLike, title: str = "") -> Path:
     """PC1/PC2 of actual and predicted latents, coloured by time, starts marked; error vs step beside."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, ax_e) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw=dict(width_ratios=[1.2, 1]))
     t = np.arange(len(tr.actual))
     ax.plot(*tr.actual_pc.T, "-", color="0.55", lw=1, zorder=1)
@@ -572,7 +573,7 @@ def plot_decoder_probe(frames: np.ndarray, decoded_actual: np.ndarray, decoded_p
                        steps: np.ndarray, path: str | os.PathLike, context: int, title: str = "") -> Path:
     """Rows: actual frames, probe decoding of the actual latents (its ceiling), probe decoding of the
     predicted latents; columns: env steps `steps`. All image arrays uint8 [len(steps),S,S,3]."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [("actual frame", frames), ("probe of the\nactual latent", decoded_actual),
             ("probe of the\npredicted latent", decoded_predicted)]
     n = len(steps)

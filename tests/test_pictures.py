@@ -225,3 +225,21 @@ def test_cli_bad_input(tiny_ckpt, tmp_path, capsys):
     empty.mkdir()
     with pytest.raises(CheckpointError):
         run(PlotsConfig(checkpoint=str(empty), out=str(tmp_path / "o"), progress=False))
+
+
+def test_compare_chart_groups_eval_results_with_wilson_intervals(tmp_path, capsys):
+    from planner.compare_chart import parse_entry
+
+    for name, rate, n in (("a", 0.1, 50), ("b", 0.04, 50), ("c", 0.0, 20)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"env": "ArmPush-v0", "success_rate": rate,
+                                                           "episodes": n}))
+    out = tmp_path / "cmp.png"
+    main(["compare-chart", "--out", str(out), "--results", f"red::jepa={tmp_path / 'a.json'}",
+          f"red::gcbc={tmp_path / 'b.json'}", f"green::jepa={tmp_path / 'c.json'}"])
+    printed = capsys.readouterr().out
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "10% of 50" in printed and "[0%, 16%]" in printed  # Wilson interval of 0 of 20
+    with pytest.raises(ValueError, match="CONDITION::MODEL=PATH"):
+        parse_entry("jepa=a.json")
+    with pytest.raises(SystemExit):  # a missing file is a clear CLI error, not a traceback
+        main(["compare-chart", "--out", str(out), "--results", f"red::jepa={tmp_path / 'missing.json'}"])
