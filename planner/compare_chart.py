@@ -15,8 +15,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from planner.pictures import pyplot, save_figure, wilson_interval
 
 
@@ -74,20 +72,20 @@ def plot_bars(bars: list[Bar], path: str | Path, title: str = "") -> Path:
     plt = pyplot()
     conditions = list(dict.fromkeys(b.condition for b in bars))
     models = list(dict.fromkeys(b.model for b in bars))
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(conditions) * max(2, len(models)) * 0.55, 4.2))
-    for j, model in enumerate(models):
-        xs, ys, err = [], [], []
-        for i, cond in enumerate(conditions):
-            for b in bars:
-                if b.condition == cond and b.model == model:
-                    xs.append(i + (j - (len(models) - 1) / 2) * width)
-                    ys.append(b.success_rate)
-                    err.append((b.success_rate - b.low, b.high - b.success_rate))
-                    ax.text(xs[-1], b.high + 0.02, f"{b.success_rate:.0%}\nn={b.episodes}", ha="center",
-                            va="bottom", fontsize=6)
-        if xs:
-            ax.bar(xs, ys, width * 0.9, yerr=np.array(err).T, capsize=2, label=model)
+    colours = {m: f"C{j % 10}" for j, m in enumerate(models)}
+    width = 0.8 / max(sum(b.condition == c for b in bars) for c in conditions)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * len(bars), 4.2))
+    labelled = set()
+    for i, cond in enumerate(conditions):
+        group = [b for b in bars if b.condition == cond]  # the models present here, side by side
+        for j, b in enumerate(group):
+            x = i + (j - (len(group) - 1) / 2) * width
+            ax.bar(x, b.success_rate, width * 0.9, color=colours[b.model],
+                   yerr=[[b.success_rate - b.low], [b.high - b.success_rate]], capsize=2,
+                   label=None if b.model in labelled else b.model)
+            labelled.add(b.model)
+            ax.text(x, b.high + 0.02, f"{b.success_rate:.0%}\nn={b.episodes}", ha="center", va="bottom",
+                    fontsize=6)
     ax.set_xticks(range(len(conditions)), conditions, fontsize=8)
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("success rate (95% Wilson interval)")
