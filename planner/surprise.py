@@ -20,7 +20,6 @@ whose peak step lies within one step of the violation.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -257,32 +256,28 @@ def detection_metrics(imp_scores, pos_scores, imp_peaks, violation_steps) -> dic
 
 @dataclass
 class _Detector:
-    """A per-step score function of a clip, with its typical (median) value on calibration clips."""
+    """A detector's typical (median) per-step value on calibration clips and its scored clips."""
 
     name: str
-    step_scores: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (frames, actions) -> [T]
     typical: float = 1.0
     scores: dict = field(default_factory=dict)  # (index, kind) -> SurpriseResult
 
 
-def store_residuals(model, store_path: Path, episodes: int, rule, device) -> np.ndarray:
-    """Residuals [N,D] of one-step predictions over the highest-index `episodes` episodes of a trajectory
-    store (the held-out split of `planner train`), images brought to the model's size by `rule`; the
-    first K-1 steps of each episode (padded context) are left out."""
+def held_out_episodes(store_path: Path, episodes: int, rule, action_dim: int) -> list[tuple]:
+    """(frames uint8 [T+1,S,S,3] brought to the model's size by `rule`, actions [T,A]) of the
+    highest-index `episodes` episodes of a trajectory store (the held-out split of `planner train`)."""
     from planner.preprocess import preprocess_image
     from planner.store import TrajectoryStore
 
     store = TrajectoryStore.open(store_path)
-    if store.meta.action_dim != model.cfg.action_dim:
+    if store.meta.action_dim != action_dim:
         raise ValueError(f"--calibration-data {store_path}: actions have dim {store.meta.action_dim}, the "
-                         f"model {model.cfg.action_dim}")
-    out = []
-    for ep in store.iter_episodes(store.indices()[-episodes:]):
-        frames = np.stack([preprocess_image(im, rule) for im in ep.images])
-        out.append(prediction_residuals(model, frames, ep.actions, device)[model.history_len - 1:])
+                         f"model {action_dim}")
+    out = [(np.stack([preprocess_image(im, rule) for im in ep.images]), ep.actions)
+           for ep in store.iter_episodes(store.indices()[-episodes:])]
     if not out:
         raise ValueError(f"--calibration-data {store_path} has no episodes")
-    return np.concatenate(out)
+    return out
 
 
 def _untrained_like(loaded, seed: int, device) -> torch.nn.Module:
@@ -367,43 +362,44 @@ def benchmark(cfg: SurpriseConfig) -> dict:
     calib_clips = [make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1],
                               cfg=clip_cfg).possible
                    for i in tqdm(calib_idx, desc="surprise calibrate", disable=not cfg.progress)]
+    models = {"world_model": model, "untrained": untrained}
     whitening = {}
     if cfg.whiten:
-        whitening_clips = []
-        if not cfg.calibration_data:
+        if cfg.calibration_data:
+            sources = held_out_episodes(cfg.calibration_data, cfg.calibration_data_episodes,
+                                        Preprocessing.from_checkpoint_config(ck), model.cfg.action_dim)
+        else:
             start = cfg.episodes + cfg.calibration_episodes
-            whitening_clips = [make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1],
-                                          cfg=clip_cfg).possible
-                               for i in tqdm(range(start, start + cfg.whitening_episodes),
-                                             desc="surprise whitening", disable=not cfg.progress)]
-        for name, m in (("world_model", model), ("untrained", untrained)):
-            if cfg.calibration_data:
-                res = store_residuals(m, cfg.calibration_data, cfg.calibration_data_episodes,
-                                      Preprocessing.from_checkpoint_config(ck), cfg.device)
-            else:
-                res = np.concatenate([prediction_residuals(m, c.frames, c.actions, cfg.device)[first:]
-                                      for c in whitening_clips])
+            sources = []
+            for i in tqdm(range(start, start + cfg.whitening_episodes), desc="surprise whitening",
+                          disable=not cfg.progress):
+                clip = make_clips(env, episode_seed(cfg.seed, i, "eval"), kinds=cfg.kinds[:1], cfg=clip_cfg)
+                sources.append((clip.possible.frames, clip.possible.actions))
+        for name, m in models.items():
+            res = np.concatenate([prediction_residuals(m, f, a, cfg.device)[first:] for f, a in sources])
             whitening[name] = Whitening.fit(res, cfg.shrinkage)
 
-    def latent_errors(m, w: Whitening | None):
-        if w is None:
-            return lambda f, a: prediction_errors(m, f, a, cfg.device)
-        return lambda f, a: w(prediction_residuals(m, f, a, cfg.device))
+    def step_scores(frames: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
+        """Every detector's per-step values [T] for one clip; one encode + predict pass per model."""
+        out = {}
+        for name, m in models.items():
+            res = prediction_residuals(m, frames, actions, cfg.device)
+            plain = np.square(res).sum(-1)
+            out[name] = whitening[name](res) if cfg.whiten else plain
+            if cfg.whiten and name == "world_model":
+                out["world_model_l2"] = plain
+        out["pixel"] = mean_pixel_change(frames)
+        return out
 
-    detectors = [_Detector("world_model", latent_errors(model, whitening.get("world_model")))]
-    if cfg.whiten:
-        detectors.append(_Detector("world_model_l2", latent_errors(model, None)))
-    detectors += [
-        _Detector("untrained", latent_errors(untrained, whitening.get("untrained"))),
-        _Detector("pixel", lambda f, a: mean_pixel_change(f)),
-    ]
-    calib_raw = {d.name: [d.step_scores(c.frames, c.actions)[first:] for c in calib_clips] for d in detectors}
+    calib_steps = [step_scores(c.frames, c.actions) for c in calib_clips]
+    detectors = [_Detector(name) for name in calib_steps[0]]  # world_model first: flags and targets
+    calib_raw = {d.name: [steps[d.name][first:] for steps in calib_steps] for d in detectors}
     for d in detectors:
         d.typical = max(float(np.median(np.concatenate(calib_raw[d.name]))), 1e-12)
     calib_scores = [float(e.max()) / detectors[0].typical for e in calib_raw["world_model"]]
     threshold = float(np.quantile(calib_scores, cfg.flag_quantile))
-    plain = detectors[1] if cfg.whiten else detectors[0]  # the score score_clip and the server compute
-    plain_scores = [float(e.max()) / plain.typical for e in calib_raw[plain.name]]
+    plain = next(d for d in detectors if d.name == ("world_model_l2" if cfg.whiten else "world_model"))
+    plain_scores = [float(e.max()) / plain.typical for e in calib_raw[plain.name]]  # score_clip's score
     serving = dict(score="l2", typical_error=plain.typical, flag_quantile=cfg.flag_quantile, env=cfg.env,
                    calibration_episodes=cfg.calibration_episodes,
                    threshold=float(np.quantile(plain_scores, cfg.flag_quantile)))
@@ -414,10 +410,10 @@ def benchmark(cfg: SurpriseConfig) -> dict:
         seed = episode_seed(cfg.seed, i, "eval")
         clips = make_clips(env, seed, kinds=cfg.kinds, cfg=clip_cfg)
         for name, clip in [("possible", clips.possible), *clips.impossible.items()]:
+            raw = step_scores(clip.frames, clip.actions)
             for d in detectors:
-                raw = d.step_scores(clip.frames, clip.actions)
                 thr = threshold if d.name == "world_model" else np.inf
-                d.scores[(i, name)] = summarize(raw, d.typical, thr, first)
+                d.scores[(i, name)] = summarize(raw[d.name], d.typical, thr, first)
         v = next(iter(clips.impossible.values())).violation_step
         if i == 0 and cfg.figure:
             named = [("possible", clips.possible), *clips.impossible.items()]

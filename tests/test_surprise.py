@@ -270,26 +270,24 @@ def test_whitening_weights_each_latent_direction_by_its_typical_error():
         Whitening.fit(residuals, shrinkage=2.0)
 
 
-def test_store_residuals_read_the_held_out_end_of_a_store(tmp_path):
+def test_held_out_episodes_read_the_end_of_a_store_at_the_model_size(tmp_path):
     from planner.preprocess import Preprocessing
-    from planner.surprise import prediction_residuals, store_residuals
-    from planner.world_model import WorldModel, WorldModelConfig
+    from planner.store import TrajectoryStore
+    from planner.surprise import held_out_episodes
     from tests.test_train import S, make_store
 
     path = make_store(tmp_path / "store", episodes=4)
-    torch.manual_seed(0)
-    model = WorldModel(WorldModelConfig(image_size=S, action_dim=2, latent_dim=8, enc_channels=(8, 8, 8),
-                                        pred_hidden=16)).eval()
-    rule = Preprocessing(size=S)
-    res = store_residuals(model, path, episodes=2, rule=rule, device="cpu")
-    from planner.store import TrajectoryStore
-
+    got = held_out_episodes(path, episodes=2, rule=Preprocessing(size=16), action_dim=2)
     store = TrajectoryStore.open(path)
     eps = [store.read(i) for i in store.indices()[-2:]]
-    expected = np.concatenate([prediction_residuals(model, e.images, e.actions)[1:] for e in eps])
-    np.testing.assert_allclose(res, expected, rtol=1e-6)
+    assert len(got) == 2
+    for (frames, actions), ep in zip(got, eps, strict=True):
+        assert frames.shape == (len(ep.images), 16, 16, 3) and frames.dtype == np.uint8
+        np.testing.assert_array_equal(actions, ep.actions)
+    same_size = held_out_episodes(path, episodes=2, rule=Preprocessing(size=S), action_dim=2)
+    np.testing.assert_array_equal(same_size[1][0], eps[1].images)
     with pytest.raises(ValueError, match="dim"):
-        store_residuals(tiny_model(image_size=S), path, episodes=2, rule=rule, device="cpu")
+        held_out_episodes(path, episodes=2, rule=Preprocessing(size=S), action_dim=4)
 
 
 def test_planner_surprise_without_whitening_reports_the_plain_error(tmp_path):
