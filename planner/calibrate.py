@@ -66,14 +66,11 @@ def run(cfg: CalibrateConfig) -> dict:
         result = calibrate_goal_threshold(model, store, spread(train_eps, cfg.episodes), float(success),
                                           cfg.margin, cfg.device)
     command = shlex.join(["planner", "calibrate", *sys.argv[2:]]) if sys.argv[1:2] == ["calibrate"] else ""
-    auto = ("format_version", "model_type", "architecture", "weights_sha256")
-    updated = {k: v for k, v in config.items() if k not in auto}
-    updated["goal_energy_threshold"] = result["threshold"]
-    updated["goal_energy_calibration"] = result
-    updated["commands"] = [*config.get("commands", []), *([command] if command else [])]
-    card_path = Path(cfg.checkpoint) / checkpoint.CARD_FILE
-    tail = checkpoint.card_results_sections(card_path.read_text()) if card_path.exists() else ""
-    name = checkpoint.save(cfg.checkpoint, model, updated, card_tail=tail)
+    name = checkpoint.update_config(cfg.checkpoint, loaded, {
+        "goal_energy_threshold": result["threshold"],
+        "goal_energy_calibration": result,
+        "commands": [*config.get("commands", []), *([command] if command else [])],
+    })
     print(f"{name}: goal_energy_threshold {config.get('goal_energy_threshold')} -> {result['threshold']:.4g} "
           f"(margin {cfg.margin}, {result['source']} pairs, recall {result['recall']:.0%}, "
           f"false accept {result['false_accept_rate']:.2%})")

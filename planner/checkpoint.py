@@ -92,11 +92,16 @@ RESULTS_HEADING = "## Results"
 """card.md sections from this heading on are written by hand (measured results): rewrites keep them."""
 
 
+FILLED_BY_SAVE = ("format_version", "model_type", "architecture", "weights_sha256")
+"""config.json keys `save` derives from the model; callers pass everything else."""
+
+
 def card_results_sections(card: str) -> str:
     """The hand-written tail of a card.md text: from its first RESULTS_HEADING line on ("" if none)."""
-    for i, line in enumerate(card.splitlines(keepends=True)):
+    lines = card.splitlines(keepends=True)
+    for i, line in enumerate(lines):
         if line.startswith(RESULTS_HEADING):
-            return "".join(card.splitlines(keepends=True)[i:])
+            return "".join(lines[i:])
     return ""
 
 
@@ -137,6 +142,15 @@ def save(path: str | os.PathLike, model: nn.Module, config: dict, card: str | No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return name
+
+
+def update_config(path: str | os.PathLike, loaded: Loaded, updates: dict) -> str:
+    """Rewrite CKPT with `updates` merged into its config.json: same weights, so the same name; card.md is
+    re-rendered and keeps its hand-written Results sections. Returns the name."""
+    config = {k: v for k, v in loaded.config.items() if k not in FILLED_BY_SAVE} | updates
+    card = Path(path) / CARD_FILE
+    tail = card_results_sections(card.read_text()) if card.exists() else ""
+    return save(path, loaded.model, config, card_tail=tail)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -263,8 +263,9 @@ def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
     u = env.unwrapped
     _, info = env.reset(seed=seed)
     start = float(info["distance"])
-    targets = list(zip(info.get("subgoal_proprio", []), info.get("subgoal_task_states", []), strict=True))
-    targets = (targets if subgoals else []) + [None]
+    targets = list(zip(info.get("subgoal_proprio", []), info.get("subgoal_task_states", []),
+                       strict=True)) if subgoals else []
+    targets.append(None)  # the final goal: task distance
     a_dim = u.action_space.shape[0]
     gen = torch.Generator().manual_seed(seed % (2**63))
     init, plan_ms, stage, reached_at = None, [], 0, []
@@ -334,6 +335,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     solver_cfg = with_budget(make_solver(cfg.solver), samples=cfg.samples, iterations=cfg.iterations)
     agent = make_agent(loaded, cfg, solver_cfg)
     is_policy = ck["model_type"] == "gcbc"
+    subgoals = bool(cfg.subgoals and not is_policy)  # agent and simulator ceiling alike
     seeds = [episode_seed(cfg.seed, i, "eval") for i in range(cfg.episodes)]
     video_dir = Path(cfg.video) if cfg.video else None
     if video_dir:
@@ -343,7 +345,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     for i, s in enumerate(tqdm(seeds, desc=f"eval {cfg.solver}", disable=not cfg.progress)):
         keep = video_dir is not None
         rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep,
-                                stop_on_goal=cfg.stop_on_goal, subgoals=cfg.subgoals and not is_policy)
+                                stop_on_goal=cfg.stop_on_goal, subgoals=subgoals)
         rec["index"] = i
         if video_dir:
             from planner.video import write_episode_video
@@ -371,7 +373,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         success_threshold=task.success_threshold,
         step_budget=steps,
         replan_every=cfg.replan_every,
-        subgoals=bool(cfg.subgoals and not is_policy),
+        subgoals=subgoals,
         goal_energy_threshold=agent.goal_energy_threshold,
         success_rule="distance <= success_threshold at the end (step budget, or when goal_reached stops MPC)"
         if cfg.stop_on_goal else "distance <= success_threshold after the full step budget (no early stop)",
@@ -386,14 +388,13 @@ def evaluate(cfg: EvalConfig) -> dict:
         sim_seeds = seeds[: cfg.sim_episodes] if cfg.sim_episodes else seeds
         t0 = time.perf_counter()
         sim_objective = ObjectiveConfig() if is_policy else agent.objective
-        sim_subgoals = bool(cfg.subgoals and not is_policy)
-        sim = [run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps, sim_objective, sim_subgoals)
+        sim = [run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps, sim_objective, subgoals)
                for s in tqdm(sim_seeds, desc="baseline simulator", disable=not cfg.progress)]
         sim_s = time.perf_counter() - t0
         result["baselines"] = dict(
             random=dict(solver="random", **common(0, 0, 0, len(rand)), **_summary(rand)),
             simulator=dict(solver=cfg.solver, **common(cfg.sim_samples, cfg.sim_iterations, cfg.sim_horizon,
-                                                       len(sim)), subgoals=sim_subgoals, wall_s=sim_s,
+                                                       len(sim)), subgoals=subgoals, wall_s=sim_s,
                            **_summary(sim)),
         )
     env.close()

@@ -538,24 +538,14 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def save_serving_calibration(checkpoint_dir: Path, calibration: dict, device="cpu") -> str:
-    """Store `calibration` as config.json `surprise` of a checkpoint (atomic rewrite, same weights)."""
-    from planner import checkpoint
-
-    loaded = checkpoint.load(checkpoint_dir, device)
-    auto = ("format_version", "model_type", "architecture", "weights_sha256")
-    updated = {k: v for k, v in loaded.config.items() if k not in auto}
-    updated["surprise"] = calibration
-    card_path = Path(checkpoint_dir) / checkpoint.CARD_FILE
-    tail = checkpoint.card_results_sections(card_path.read_text()) if card_path.exists() else ""
-    return checkpoint.save(checkpoint_dir, loaded.model, updated, card_tail=tail)
-
-
 def run(cfg: SurpriseConfig) -> None:
     res = benchmark(cfg)
     print(format_table(res))
     if cfg.save_calibration:
-        name = save_serving_calibration(cfg.checkpoint, res["serving_calibration"], cfg.device)
+        from planner import checkpoint
+
+        loaded = checkpoint.load(cfg.checkpoint, cfg.device)
+        name = checkpoint.update_config(cfg.checkpoint, loaded, {"surprise": res["serving_calibration"]})
         c = res["serving_calibration"]
         print(f"{name}: config.json surprise = typical error {c['typical_error']:.4g}, flag threshold "
               f"{c['threshold']:.2f} typical errors (plain score, {c['flag_quantile']:.0%} quantile)")
