@@ -11,11 +11,10 @@ docs/COMPARISON.md draws its figures with it:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.pictures import pyplot, save_figure, wilson_interval
+from planner.pictures import pyplot, read_eval_json, save_figure, wilson_interval
 
 
 @dataclass
@@ -54,12 +53,7 @@ def parse_entry(entry: str) -> tuple[str, str, Path]:
 
 def read_bar(condition: str, model: str, path: Path) -> Bar:
     """Read one eval JSON (needs success_rate and episodes)."""
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read an eval JSON: {e}") from e
-    if not isinstance(d, dict) or "success_rate" not in d or "episodes" not in d:
-        raise ValueError(f"{path}: not a `planner eval --json` result (needs success_rate and episodes)")
+    d = read_eval_json(path, ("success_rate", "episodes"))
     rate, n = float(d["success_rate"]), int(d["episodes"])
     if n < 1 or not 0.0 <= rate <= 1.0:
         raise ValueError(f"{path}: episodes must be >= 1 and success_rate in [0, 1]")
@@ -68,7 +62,7 @@ def read_bar(condition: str, model: str, path: Path) -> Bar:
 
 
 def plot_bars(bars: list[Bar], path: str | Path, title: str = "") -> Path:
-    """Grouped bars (conditions on x, one colour per model) with Wilson error bars and n under each."""
+    """Grouped bars (conditions on x, one colour per model) with Wilson error bars, rate and n above each."""
     plt = pyplot()
     conditions = list(dict.fromkeys(b.condition for b in bars))
     models = list(dict.fromkeys(b.model for b in bars))

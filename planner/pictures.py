@@ -299,6 +299,17 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 SWEEP_KEYS = ("solver", "samples", "success_rate", "episodes")
 
 
+def read_eval_json(path: str | os.PathLike, keys: tuple[str, ...]) -> dict:
+    """A `planner eval --json` result that has `keys`; a clear error naming the file otherwise."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read an eval JSON: {e}") from e
+    if not isinstance(d, dict) or any(k not in d for k in keys):
+        raise ValueError(f"{path}: not a `planner eval --json` result (needs keys {', '.join(keys)})")
+    return d
+
+
 def read_sweeps(paths: list[str | os.PathLike]) -> dict[str, BudgetCurve]:
     """`planner eval --json` files -> one BudgetCurve per solver. All files must be from one checkpoint
     and env; one (solver, samples) pair per file; errors name the file."""
@@ -307,12 +318,7 @@ def read_sweeps(paths: list[str | os.PathLike]) -> dict[str, BudgetCurve]:
     rows: dict[str, dict[int, tuple]] = {}
     origin = None
     for p in sorted(str(x) for x in paths):
-        try:
-            d = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{p}: cannot read an eval JSON: {e}") from e
-        if not isinstance(d, dict) or any(k not in d for k in SWEEP_KEYS):
-            raise ValueError(f"{p}: not a `planner eval --json` result (needs keys {', '.join(SWEEP_KEYS)})")
+        d = read_eval_json(p, SWEEP_KEYS)
         here = (d.get("env"), d.get("checkpoint"))
         if origin is not None and here != origin[0]:
             raise ValueError(f"{p}: env/checkpoint {here} differ from {origin[1]}'s {origin[0]}; "
