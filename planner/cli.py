@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "surprise": ("planner.surprise", "SurpriseConfig"),
     "plots": ("planner.pictures", "PlotsConfig"),
     "compare-chart": ("planner.compare_chart", "CompareChartConfig"),
+    "merge-evals": ("planner.merge_evals", "MergeEvalsConfig"),
     "serve": ("server.serve", "ServeConfig"),  # the service layer sits above planner; named, not imported
 }
 

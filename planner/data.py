@@ -42,6 +42,26 @@ class WindowSpec:
     """Windows per batch (per rank)."""
     episodes_per_batch: int = 16
     """Distinct episodes a batch draws its windows from (bounds episode reads per step)."""
+    task_motion_fraction: float = 0.0
+    """Share of windows drawn, where the episode has any, among windows in which the recorded task state
+    moves (the block, on push and pick-and-place: the contact windows); the rest uniformly. 0: uniform."""
+    task_motion_threshold: float = 0.002
+    """A step "moves" the task state when it changes by more than this (metres)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.task_motion_fraction <= 1.0:
+            raise ValueError(f"task_motion_fraction must be in [0, 1], got {self.task_motion_fraction}")
+        if self.task_motion_threshold <= 0:
+            raise ValueError(f"task_motion_threshold must be > 0, got {self.task_motion_threshold}")
+
+
+def moving_window_starts(task_state: np.ndarray, frames: int, threshold: float) -> np.ndarray:
+    """task_state [T+1,K] -> bool [T+1-(frames-1)]: whether the window of `frames` frames starting there
+    holds a step in which the task state moves by more than `threshold`."""
+    moves = np.linalg.norm(np.diff(task_state, axis=0), axis=1) > threshold  # [T]
+    counts = np.concatenate([[0], np.cumsum(moves)])
+    span = frames - 1
+    return counts[span:] - counts[: len(counts) - span] > 0
 
 
 class WindowDataset(IterableDataset):
@@ -101,11 +121,20 @@ class WindowDataset(IterableDataset):
         images, actions = [], []
         for w in which:
             ep = self._episode(int(self.episodes[w]))
-            t0 = int(rng.integers(0, self.starts[w]))
+            t0 = self._window_start(ep, int(self.starts[w]), rng)
             t1 = t0 + self.spec.frames
             images.append(ep.images[t0:t1])
             actions.append(ep.actions[t0 : t1 - 1])
         return {"images": torch.from_numpy(np.stack(images)), "actions": torch.from_numpy(np.stack(actions))}
+
+    def _window_start(self, ep: Episode, n_starts: int, rng: np.random.Generator) -> int:
+        fraction = self.spec.task_motion_fraction
+        if fraction > 0 and rng.random() < fraction:
+            moving = np.flatnonzero(moving_window_starts(ep.task_state, self.spec.frames,
+                                                         self.spec.task_motion_threshold)[:n_starts])
+            if moving.size:
+                return int(moving[rng.integers(0, moving.size)])
+        return int(rng.integers(0, n_starts))
 
     def __iter__(self):
         info = get_worker_info()

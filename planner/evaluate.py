@@ -49,6 +49,9 @@ class EvalConfig:
     """Number of seeded evaluation episodes."""
     seed: int = 0
     """Base seed; episode i uses episode_seed(seed, i, "eval")."""
+    first_episode: int = 0
+    """Index of the first episode: `--first-episode 20 --episodes 30` runs episodes 20-49 of this seed, one
+    shard of a longer evaluation (shards on several machines or cores); `planner merge-evals` joins them."""
     solver: str = "cem"
     """Solver: cem | icem | mppi | cmaes | gd."""
     samples: int | None = None
@@ -113,6 +116,8 @@ def _parse_kwargs(text: str) -> dict:
 def _validate(cfg: EvalConfig) -> None:
     if cfg.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if cfg.first_episode < 0:
+        raise ValueError(f"--first-episode must be >= 0, got {cfg.first_episode}")
     if cfg.solver not in SOLVERS:
         raise ValueError(f"unknown --solver {cfg.solver!r}; choose one of: {', '.join(SOLVERS)}")
     if cfg.replan_every < 1 or cfg.replan_every > cfg.horizon:
@@ -169,7 +174,9 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, targ
 
 
 def _summary(records: list[dict]) -> dict:
-    plan_ms = [m for r in records for m in r.pop("_plan_ms", [])]
+    """Success, distance and plan-time statistics over episode records (each keeps its own `plan_ms`, so
+    shards of one evaluation can be merged exactly: planner.merge_evals)."""
+    plan_ms = [m for r in records for m in r.get("plan_ms", [])]
     return dict(
         success_rate=float(np.mean([r["success"] for r in records])),
         mean_final_distance=float(np.mean([r["final_distance"] for r in records])),
@@ -231,7 +238,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
         steps=int(t),
         stopped_by_goal_reached=reached,
         energy_curve=energies,
-        _plan_ms=plan_ms,
+        plan_ms=_rounded(plan_ms),
     )
     if len(z_targets) > 1:
         rec["subgoals"] = len(z_targets) - 1
@@ -251,7 +258,7 @@ def run_random_episode(env, seed: int, steps: int) -> dict:
         physics_step(env, rng.uniform(-1.0, 1.0, u.action_space.shape))
     final = float(u.distance())
     return dict(seed=int(seed), success=bool(final <= u.task.success_threshold), final_distance=final,
-                start_distance=start, steps=steps, _plan_ms=[])
+                start_distance=start, steps=steps)
 
 
 def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
@@ -282,7 +289,7 @@ def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
         init = shift_plan(sol.state, 1)
     final = float(u.distance())
     rec = dict(seed=int(seed), success=bool(final <= u.task.success_threshold), final_distance=final,
-               start_distance=start, steps=steps, _plan_ms=plan_ms)
+               start_distance=start, steps=steps, plan_ms=_rounded(plan_ms))
     if len(targets) > 1:
         rec["subgoals"] = len(targets) - 1
         rec["subgoal_reached_at_step"] = reached_at
@@ -336,13 +343,14 @@ def evaluate(cfg: EvalConfig) -> dict:
     agent = make_agent(loaded, cfg, solver_cfg)
     is_policy = ck["model_type"] == "gcbc"
     subgoals = bool(cfg.subgoals and not is_policy)  # agent and simulator ceiling alike
-    seeds = [episode_seed(cfg.seed, i, "eval") for i in range(cfg.episodes)]
+    indices = range(cfg.first_episode, cfg.first_episode + cfg.episodes)
+    seeds = [episode_seed(cfg.seed, i, "eval") for i in indices]
     video_dir = Path(cfg.video) if cfg.video else None
     if video_dir:
         video_dir.mkdir(parents=True, exist_ok=True)
 
     records = []
-    for i, s in enumerate(tqdm(seeds, desc=f"eval {cfg.solver}", disable=not cfg.progress)):
+    for i, s in zip(indices, tqdm(seeds, desc=f"eval {cfg.solver}", disable=not cfg.progress), strict=True):
         keep = video_dir is not None
         rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep,
                                 stop_on_goal=cfg.stop_on_goal, subgoals=subgoals)
@@ -370,6 +378,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         model_type=ck["model_type"],
         objective=None if is_policy else asdict(agent.objective),
         seed=cfg.seed,
+        first_episode=cfg.first_episode,
         success_threshold=task.success_threshold,
         step_budget=steps,
         replan_every=cfg.replan_every,
@@ -382,14 +391,17 @@ def evaluate(cfg: EvalConfig) -> dict:
         **_summary(records),
     )
     if cfg.baselines:
-        rand = [run_random_episode(env, s, steps) for s in tqdm(seeds, desc="baseline random",
-                                                                 disable=not cfg.progress)]
+        rand = [dict(run_random_episode(env, s, steps), index=i)
+                for i, s in zip(indices, tqdm(seeds, desc="baseline random", disable=not cfg.progress),
+                                strict=True)]
         sim_cfg = make_solver(cfg.solver, samples=cfg.sim_samples, iterations=cfg.sim_iterations)
-        sim_seeds = seeds[: cfg.sim_episodes] if cfg.sim_episodes else seeds
+        n_sim = cfg.sim_episodes or len(seeds)
         t0 = time.perf_counter()
         sim_objective = ObjectiveConfig() if is_policy else agent.objective
-        sim = [run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps, sim_objective, subgoals)
-               for s in tqdm(sim_seeds, desc="baseline simulator", disable=not cfg.progress)]
+        sim = [dict(run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps, sim_objective, subgoals),
+                    index=i)
+               for i, s in zip(indices[:n_sim], tqdm(seeds[:n_sim], desc="baseline simulator",
+                                                     disable=not cfg.progress), strict=True)]
         sim_s = time.perf_counter() - t0
         result["baselines"] = dict(
             random=dict(solver="random", **common(0, 0, 0, len(rand)), **_summary(rand)),
@@ -401,6 +413,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.json:
         write_json_atomic(cfg.json, result)
     return result
+
+
+def _rounded(ms: list[float]) -> list[float]:
+    return [round(float(m), 2) for m in ms]
 
 
 def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:

@@ -95,6 +95,12 @@ class TrainConfig:
     """DataLoader worker processes per rank (0: load in the main process)."""
     episodes_per_batch: int = 16
     """Distinct episodes each batch draws windows from."""
+    task_motion_fraction: float = 0.0
+    """Share of training windows drawn among those in which the recorded task state moves (block tasks:
+    the contact windows, 12.5% of push steps), where an episode has any; 0: uniform. The task state only
+    weights the sampling, it is never a training target (docs/MODEL.md)."""
+    task_motion_threshold: float = 0.002
+    """Metres per step above which the task state counts as moving (for task_motion_fraction)."""
     cache_episodes: int = 64
     """Decoded episodes kept per worker (bounded memory)."""
     threads: int = 2
@@ -448,7 +454,8 @@ def run(cfg: TrainConfig) -> Path | None:
         ids = [device.index] if device.type == "cuda" else None
         ddp_model = DistributedDataParallel(model, device_ids=ids)
 
-    spec = WindowSpec(cfg.objective.window_len(cfg.model.history_len), cfg.batch_size, cfg.episodes_per_batch)
+    spec = WindowSpec(cfg.objective.window_len(cfg.model.history_len), cfg.batch_size, cfg.episodes_per_batch,
+                      cfg.task_motion_fraction, cfg.task_motion_threshold)
     ds = WindowDataset(store.path, train_eps, episode_lengths(store, train_eps), spec, seed=cfg.seed,
                        rank=d.rank, start_step=start, end_step=end, cache_episodes=cfg.cache_episodes)
     monitor = CollapseMonitor(cfg.collapse_rank_floor, cfg.collapse_std_floor, cfg.collapse_patience)

@@ -93,7 +93,7 @@ def test_simulator_ceiling_plans_through_subgoal_states():
     env = make_env("ArmPush-v0", render_goal=False)
     solver = make_solver("cem", samples=4, iterations=1)
     rec = run_simulator_episode(env, solver, 2, seed=3, steps=2, objective=ObjectiveConfig(), subgoals=True)
-    assert rec["subgoals"] == 3 and len(rec["_plan_ms"]) == 2
+    assert rec["subgoals"] == 3 and len(rec["plan_ms"]) == 2
     plain = run_simulator_episode(env, solver, 2, seed=3, steps=2, objective=ObjectiveConfig())
     assert "subgoals" not in plain
     u = env.unwrapped
@@ -164,3 +164,34 @@ def test_eval_plans_through_pick_place_subgoals(tiny_ckpt, tmp_path):
     assert strict["subgoals"] and strict["per_episode"][0]["subgoal_reached_at_step"] == []
     off = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), subgoals=False, **kw))
     assert not off["subgoals"] and "subgoals" not in off["per_episode"][0]
+
+
+def test_shards_merge_into_the_full_evaluation(tiny_ckpt, tmp_path):
+    from planner.merge_evals import merge
+
+    kw = dict(checkpoint=str(tiny_ckpt), max_steps=2, samples=8, iterations=1, horizon=3, baselines=True,
+              sim_samples=4, sim_iterations=1, sim_horizon=2, progress=False)
+    full = evaluate(EvalConfig(episodes=3, **kw))
+    paths = []
+    for first, n in ((1, 2), (0, 1)):  # out of order on purpose
+        paths.append(tmp_path / f"shard{first}.json")
+        evaluate(EvalConfig(episodes=n, first_episode=first, json=str(paths[-1]), **kw))
+    merged = merge(paths)
+    assert merged["episodes"] == 3 and merged["first_episode"] == 0
+    for block, ref in [(merged, full)] + [(merged["baselines"][b], full["baselines"][b])
+                                           for b in ("random", "simulator")]:
+        assert [e["index"] for e in block["per_episode"]] == [0, 1, 2]
+        assert [e["seed"] for e in block["per_episode"]] == [e["seed"] for e in ref["per_episode"]]
+        assert [e["final_distance"] for e in block["per_episode"]] == pytest.approx(
+            [e["final_distance"] for e in ref["per_episode"]])
+        assert block["success_rate"] == ref["success_rate"]
+    assert merged["plan_ms_episodes"] == 3 and merged["plan_ms_median"] > 0
+    with pytest.raises(ValueError, match="more than one shard"):
+        merge([paths[0], paths[0]])
+    evaluate(EvalConfig(episodes=1, first_episode=3, json=str(tmp_path / "s3.json"), **kw))
+    with pytest.raises(ValueError, match="leave out episodes \\[1, 2\\]"):
+        merge([paths[1], tmp_path / "s3.json"])
+    other = tmp_path / "other.json"
+    evaluate(EvalConfig(episodes=1, first_episode=0, json=str(other), **dict(kw, samples=6)))
+    with pytest.raises(ValueError, match="samples"):
+        merge([paths[0], other])

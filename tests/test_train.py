@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from planner.checkpoint import load
-from planner.data import WindowDataset, WindowSpec, split_episodes
+from planner.data import WindowDataset, WindowSpec, moving_window_starts, split_episodes
 from planner.energy_head import EnergyHeadConfig
 from planner.store import Episode, StoreMeta, TrajectoryStore
 from planner.train import CollapseError, CollapseMonitor, TrainConfig, TrainError, lr_at, run
@@ -112,6 +113,26 @@ def test_split_and_dataset_are_deterministic(store_path):
     again = WindowDataset(store_path, train, [T] * len(train), spec, seed=1, start_step=3, end_step=4)
     assert torch.equal(next(iter(again))["images"], b["images"])
     assert not torch.equal(ds.batch(2)["images"], b["images"])
+
+
+def test_task_motion_sampling_draws_contact_windows(store_path):
+    state = np.zeros((T + 1, 3), np.float32)
+    state[11:] = 0.01  # the "block" moves once, in step 10 (frame 10 -> 11)
+    assert np.flatnonzero(moving_window_starts(state, 3, 0.002)).tolist() == [9, 10]
+    n_starts = T + 1 - 2
+    rng = np.random.default_rng(0)
+    moving = SimpleNamespace(task_state=state)
+    always = WindowDataset(store_path, [0], [T], WindowSpec(3, 4, task_motion_fraction=1.0), seed=0,
+                           end_step=1)
+    assert {always._window_start(moving, n_starts, rng) for _ in range(50)} == {9, 10}
+    still = SimpleNamespace(task_state=np.zeros_like(state))  # nothing moves: uniform over all starts
+    assert len({always._window_start(still, n_starts, rng) for _ in range(200)}) > 10
+    half = WindowDataset(store_path, [0], [T], WindowSpec(3, 4, task_motion_fraction=0.5), seed=0, end_step=1)
+    share = np.mean([half._window_start(moving, n_starts, rng) in (9, 10)
+                     for _ in range(2000)])
+    assert 0.45 < share < 0.6  # 0.5 forced, plus 2 of the 19 starts of the uniform half
+    with pytest.raises(ValueError, match="task_motion_fraction"):
+        WindowSpec(3, 4, task_motion_fraction=1.5)
 
 
 def test_lr_schedule():
