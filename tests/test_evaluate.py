@@ -195,3 +195,29 @@ def test_shards_merge_into_the_full_evaluation(tiny_ckpt, tmp_path):
     evaluate(EvalConfig(episodes=1, first_episode=0, json=str(other), **dict(kw, samples=6)))
     with pytest.raises(ValueError, match="samples"):
         merge([paths[0], other])
+
+
+def test_merge_takes_results_written_before_shards_existed(tmp_path):
+    """Older results carry no first_episode, no baseline index and no per-step plan times."""
+    from planner.merge_evals import merge
+
+    def result(first, n, timed):
+        eps = [dict(index=first + k, seed=first + k, success=k == 0, final_distance=0.1 * (first + k),
+                    **({"plan_ms": [10.0, 30.0]} if timed else {})) for k in range(n)]
+        plain = [{k: e[k] for k in ("seed", "success", "final_distance")} for e in eps]
+        res = dict(env="ArmPush-v0", checkpoint_sha256="ab", solver="cem", samples=8, seed=0, per_episode=eps,
+                   baselines={"random": dict(solver="random", samples=0, per_episode=plain)})
+        if timed:
+            res["first_episode"] = first
+        return res
+
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(result(0, 2, timed=False)))
+    new.write_text(json.dumps(result(2, 3, timed=True)))
+    merged = merge([new, old])
+    assert merged["episodes"] == 5 and merged["success_rate"] == pytest.approx(0.4)
+    assert merged["mean_final_distance"] == pytest.approx(0.2)
+    assert merged["plan_ms_episodes"] == 3 and merged["plan_ms_median"] == pytest.approx(20.0)
+    rand = merged["baselines"]["random"]
+    assert [e["index"] for e in rand["per_episode"]] == [0, 1, 2, 3, 4] and rand["plan_ms_episodes"] == 0
+    assert merged["merged_from"] == [str(new), str(old)]
