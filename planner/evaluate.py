@@ -78,6 +78,10 @@ class EvalConfig:
     sub-goals are unaffected. --no-subgoals plans to the final goal image only. A gcbc policy has no
     goal_reached signal to move on with, so it always gets the final goal only. The simulator baseline
     follows the same setting, planning through the sub-goals' true states."""
+    subgoal_threshold_scale: float = 1.0
+    """A sub-goal counts as reached when the current energy is at most this times the checkpoint's
+    goal_energy_threshold (< 1: stricter than the final goal, the hand placed more precisely before the
+    agent moves on; the JSON records it)."""
     baselines: bool = False
     """Also run the random and true-simulator baselines on the same seeds."""
     sim_samples: int = 64
@@ -116,6 +120,8 @@ def _parse_kwargs(text: str) -> dict:
 def _validate(cfg: EvalConfig) -> None:
     if cfg.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if not cfg.subgoal_threshold_scale > 0:
+        raise ValueError(f"--subgoal-threshold-scale must be > 0, got {cfg.subgoal_threshold_scale}")
     if cfg.first_episode < 0:
         raise ValueError(f"--first-episode must be >= 0, got {cfg.first_episode}")
     if cfg.solver not in SOLVERS:
@@ -187,11 +193,13 @@ def _summary(records: list[dict]) -> dict:
 
 
 def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, steps: int, replan_every: int,
-                      keep_frames: bool = False, stop_on_goal: bool = True, subgoals: bool = True) -> dict:
+                      keep_frames: bool = False, stop_on_goal: bool = True, subgoals: bool = True,
+                      subgoal_threshold_scale: float = 1.0) -> dict:
     """One closed-loop MPC episode; returns its record (plus `_frames`, `_goal` when keep_frames).
 
     With `subgoals` the agent plans to each of the env's sub-goal images in turn (then the goal), moving
-    to the next one as soon as the current observation reaches the one it plans to."""
+    to the next one as soon as the current observation's energy to it is at most `subgoal_threshold_scale`
+    times the calibrated goal threshold."""
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
     goal = preprocess_image(info["goal_image"], rule)
@@ -208,7 +216,8 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
             plan = agent.plan(imgs[None], prev[None], z_targets[target], warm, executed_steps=replan_every,
                               seed=(seed + 7919 * t) % (2**63))
             plan_ms.append(plan.plan_ms)
-            if plan.goal_reached[0] and target < len(z_targets) - 1:
+            subgoal_reached = plan.current_energy[0] <= agent.goal_energy_threshold * subgoal_threshold_scale
+            if target < len(z_targets) - 1 and subgoal_reached:
                 target, warm = target + 1, None  # sub-goal reached: plan to the next one from here
                 subgoal_steps.append(t)
                 continue
@@ -353,7 +362,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     for i, s in zip(indices, tqdm(seeds, desc=f"eval {cfg.solver}", disable=not cfg.progress), strict=True):
         keep = video_dir is not None
         rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep,
-                                stop_on_goal=cfg.stop_on_goal, subgoals=subgoals)
+                                stop_on_goal=cfg.stop_on_goal, subgoals=subgoals,
+                                subgoal_threshold_scale=cfg.subgoal_threshold_scale)
         rec["index"] = i
         if video_dir:
             from planner.video import write_episode_video
@@ -383,6 +393,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         step_budget=steps,
         replan_every=cfg.replan_every,
         subgoals=subgoals,
+        subgoal_threshold_scale=cfg.subgoal_threshold_scale,
         goal_energy_threshold=agent.goal_energy_threshold,
         success_rule="distance <= success_threshold at the end (step budget, or when goal_reached stops MPC)"
         if cfg.stop_on_goal else "distance <= success_threshold after the full step budget (no early stop)",

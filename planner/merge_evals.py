@@ -20,7 +20,10 @@ from planner.evaluate import write_json_atomic
 
 PROTOCOL_KEYS = ("env", "env_kwargs", "camera_offset", "checkpoint_sha256", "solver", "samples",
                  "iterations", "horizon", "model_type", "objective", "seed", "success_threshold",
-                 "step_budget", "replan_every", "subgoals", "goal_energy_threshold", "success_rule")
+                 "step_budget", "replan_every", "subgoals", "subgoal_threshold_scale",
+                 "goal_energy_threshold", "success_rule")
+DEFAULTS = {"subgoal_threshold_scale": 1.0}
+"""Protocol keys added after results were first written, with the value older results ran with."""
 BASELINE_KEYS = ("solver", "samples", "iterations", "horizon", "subgoals")
 
 
@@ -57,8 +60,9 @@ def _check_same(name: str, shards: list[tuple[str, dict]], keys: tuple[str, ...]
     ref_path, ref = shards[0]
     for path, res in shards[1:]:
         for k in keys:
-            if res.get(k) != ref.get(k):
-                raise ValueError(f"{name}: {path} has {k}={res.get(k)!r} but {ref_path} has {ref.get(k)!r}; "
+            mine, theirs = res.get(k, DEFAULTS.get(k)), ref.get(k, DEFAULTS.get(k))
+            if mine != theirs:
+                raise ValueError(f"{name}: {path} has {k}={mine!r} but {ref_path} has {theirs!r}; "
                                  "shards must come from the same evaluation protocol")
 
 
