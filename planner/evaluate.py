@@ -216,13 +216,14 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
             plan = agent.plan(imgs[None], prev[None], z_targets[target], warm, executed_steps=replan_every,
                               seed=(seed + 7919 * t) % (2**63))
             plan_ms.append(plan.plan_ms)
-            subgoal_reached = plan.current_energy[0] <= agent.goal_energy_threshold * subgoal_threshold_scale
-            if target < len(z_targets) - 1 and subgoal_reached:
+            on_final = target == len(z_targets) - 1
+            subgoal_threshold = agent.goal_energy_threshold * subgoal_threshold_scale
+            if not on_final and plan.current_energy[0] <= subgoal_threshold:
                 target, warm = target + 1, None  # sub-goal reached: plan to the next one from here
                 subgoal_steps.append(t)
                 continue
             energies.append(float(plan.current_energy[0]))
-            if plan.goal_reached[0] and stop_on_goal:
+            if on_final and plan.goal_reached[0] and stop_on_goal:
                 reached = True
                 break
             warm = plan.warm_start

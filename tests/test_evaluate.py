@@ -160,6 +160,12 @@ def test_eval_plans_through_pick_place_subgoals(tiny_ckpt, tmp_path):
     ep = evaluate(EvalConfig(checkpoint=str(loose), **kw))["per_episode"][0]
     assert ep["subgoals"] == 3 and ep["subgoal_reached_at_step"] == [0, 0, 0]
     assert ep["stopped_by_goal_reached"]
+    # a sub-goal threshold far below the goal's: no sub-goal passed, and the goal's own goal_reached (true
+    # for every image under the loose threshold) must not end the episode while a sub-goal is pending
+    held = evaluate(EvalConfig(checkpoint=str(loose), subgoal_threshold_scale=1e-12, **kw))
+    assert held["subgoal_threshold_scale"] == 1e-12
+    assert held["per_episode"][0]["subgoal_reached_at_step"] == []
+    assert not held["per_episode"][0]["stopped_by_goal_reached"] and held["per_episode"][0]["steps"] == 2
     strict = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), **kw))
     assert strict["subgoals"] and strict["per_episode"][0]["subgoal_reached_at_step"] == []
     off = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), subgoals=False, **kw))
