@@ -22,7 +22,8 @@ class CompareChartConfig:
     """Grouped bar chart of success rates (95% Wilson intervals) from `planner eval --json` files."""
 
     results: tuple[str, ...]
-    """Entries `CONDITION::MODEL=PATH` (quote each); bars are grouped by CONDITION in the order given."""
+    """Entries `CONDITION::MODEL=PATH` (quote each); bars are grouped by CONDITION in the order given.
+    `PATH#random` or `PATH#simulator` takes that baseline block of a `--baselines` result (floor, ceiling)."""
     out: Path
     """PNG to write (atomic)."""
     title: str = ""
@@ -52,8 +53,15 @@ def parse_entry(entry: str) -> tuple[str, str, Path]:
 
 
 def read_bar(condition: str, model: str, path: Path) -> Bar:
-    """Read one eval JSON (needs success_rate and episodes)."""
+    """Read one eval JSON (needs success_rate and episodes), or its baseline block for `PATH#NAME`."""
+    file, _, baseline = str(path).partition("#")
+    path = Path(file)
     d = read_eval_json(path, ("success_rate", "episodes"))
+    if baseline:
+        if baseline not in d.get("baselines", {}):
+            raise ValueError(f"{path}: no baseline {baseline!r} (run `planner eval --baselines`; has: "
+                             f"{', '.join(d.get('baselines', {})) or 'none'})")
+        d = dict(d["baselines"][baseline], env=d.get("env", ""))
     rate, n = float(d["success_rate"]), int(d["episodes"])
     if n < 1 or not 0.0 <= rate <= 1.0:
         raise ValueError(f"{path}: episodes must be >= 1 and success_rate in [0, 1]")

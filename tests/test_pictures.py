@@ -233,12 +233,19 @@ def test_compare_chart_groups_eval_results_with_wilson_intervals(tmp_path, capsy
     for name, rate, n in (("a", 0.1, 50), ("b", 0.04, 50), ("c", 0.0, 20)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"env": "ArmPush-v0", "success_rate": rate,
                                                            "episodes": n}))
+    ceiling = {"success_rate": 0.9, "episodes": 40}
+    (tmp_path / "d.json").write_text(json.dumps({"env": "ArmPush-v0", "success_rate": 0.1, "episodes": 50,
+                                                 "baselines": {"simulator": ceiling}}))
     out = tmp_path / "cmp.png"
     main(["compare-chart", "--out", str(out), "--results", f"red::jepa={tmp_path / 'a.json'}",
-          f"red::gcbc={tmp_path / 'b.json'}", f"green::jepa={tmp_path / 'c.json'}"])
+          f"red::gcbc={tmp_path / 'b.json'}", f"green::jepa={tmp_path / 'c.json'}",
+          f"red::ceiling={tmp_path / 'd.json'}#simulator"])
     printed = capsys.readouterr().out
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert "10% of 50" in printed and "[0%, 16%]" in printed  # Wilson interval of 0 of 20
+    assert "90% of 40" in printed  # the baseline block, not the agent
+    with pytest.raises(SystemExit):  # a baseline the result does not have
+        main(["compare-chart", "--out", str(out), "--results", f"red::floor={tmp_path / 'a.json'}#random"])
     with pytest.raises(ValueError, match="CONDITION::MODEL=PATH"):
         parse_entry("jepa=a.json")
     with pytest.raises(SystemExit):  # a missing file is a clear CLI error, not a traceback
