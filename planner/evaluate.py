@@ -179,7 +179,7 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, targ
 # ------------------------------------------------------------------------------------------- episodes
 
 
-def _summary(records: list[dict]) -> dict:
+def summarize(records: list[dict]) -> dict:
     """Success, distance and plan-time statistics over episode records (each keeps its own `plan_ms`, so
     shards of one evaluation can be merged exactly: planner.merge_evals)."""
     plan_ms = [m for r in records for m in r.get("plan_ms", [])]
@@ -400,7 +400,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         if cfg.stop_on_goal else "distance <= success_threshold after the full step budget (no early stop)",
         device=str(cfg.device),
         threads=torch.get_num_threads(),
-        **_summary(records),
+        **summarize(records),
     )
     if cfg.baselines:
         rand = [dict(run_random_episode(env, s, steps), index=i)
@@ -416,10 +416,10 @@ def evaluate(cfg: EvalConfig) -> dict:
                                                      disable=not cfg.progress), strict=True)]
         sim_s = time.perf_counter() - t0
         result["baselines"] = dict(
-            random=dict(solver="random", **common(0, 0, 0, len(rand)), **_summary(rand)),
+            random=dict(solver="random", **common(0, 0, 0, len(rand)), **summarize(rand)),
             simulator=dict(solver=cfg.solver, **common(cfg.sim_samples, cfg.sim_iterations, cfg.sim_horizon,
                                                        len(sim)), subgoals=subgoals, wall_s=sim_s,
-                           **_summary(sim)),
+                           **summarize(sim)),
         )
     env.close()
     if cfg.json:

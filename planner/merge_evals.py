@@ -14,9 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from planner.evaluate import write_json_atomic
+from planner.evaluate import summarize, write_json_atomic
 
 PROTOCOL_KEYS = ("env", "env_kwargs", "camera_offset", "checkpoint_sha256", "solver", "samples",
                  "iterations", "horizon", "model_type", "objective", "seed", "success_threshold",
@@ -43,17 +41,8 @@ def _records(block: dict, first: int) -> list[dict]:
 
 
 def _summary(records: list[dict]) -> dict:
-    timed = [r for r in records if "plan_ms" in r]
-    plan_ms = [m for r in timed for m in r["plan_ms"]]
-    return dict(
-        episodes=len(records),
-        success_rate=float(np.mean([r["success"] for r in records])),
-        mean_final_distance=float(np.mean([r["final_distance"] for r in records])),
-        plan_ms_median=float(np.median(plan_ms)) if plan_ms else 0.0,
-        plan_ms_p95=float(np.percentile(plan_ms, 95)) if plan_ms else 0.0,
-        plan_ms_episodes=len(timed),
-        per_episode=records,
-    )
+    return dict(episodes=len(records), plan_ms_episodes=sum("plan_ms" in r for r in records),
+                **summarize(records))
 
 
 def _check_same(name: str, shards: list[tuple[str, dict]], keys: tuple[str, ...]) -> None:
