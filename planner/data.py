@@ -98,18 +98,24 @@ class WindowDataset(IterableDataset):
         self.start_step, self.end_step = start_step, end_step
         self.cache_episodes = cache_episodes
         self._store: TrajectoryStore | None = None
-        self._cache: OrderedDict[int, Episode] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[Episode, np.ndarray | None]] = OrderedDict()
 
-    def _episode(self, index: int) -> Episode:
-        ep = self._cache.pop(index, None)
-        if ep is None:
+    def _episode(self, index: int) -> tuple[Episode, np.ndarray | None]:
+        """The episode and, when task-motion sampling is on, the start indices of its windows in which the
+        task state moves (computed once per read, cached with the episode)."""
+        entry = self._cache.pop(index, None)
+        if entry is None:
             if self._store is None:
                 self._store = TrajectoryStore.open(self.store_path)
             ep = self._store.read(index)
+            moving = (np.flatnonzero(moving_window_starts(ep.task_state, self.spec.frames,
+                                                          self.spec.task_motion_threshold))
+                      if self.spec.task_motion_fraction > 0 else None)
+            entry = (ep, moving)
             while len(self._cache) >= self.cache_episodes:
                 self._cache.popitem(last=False)
-        self._cache[index] = ep
-        return ep
+        self._cache[index] = entry
+        return entry
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """The batch of global step `step` on this rank (deterministic)."""
@@ -120,20 +126,19 @@ class WindowDataset(IterableDataset):
         which = chosen[rng.integers(0, n_eps, size=self.spec.batch_size)]
         images, actions = [], []
         for w in which:
-            ep = self._episode(int(self.episodes[w]))
-            t0 = self._window_start(ep, int(self.starts[w]), rng)
+            ep, moving = self._episode(int(self.episodes[w]))
+            t0 = self._window_start(moving, int(self.starts[w]), rng)
             t1 = t0 + self.spec.frames
             images.append(ep.images[t0:t1])
             actions.append(ep.actions[t0 : t1 - 1])
         return {"images": torch.from_numpy(np.stack(images)), "actions": torch.from_numpy(np.stack(actions))}
 
-    def _window_start(self, ep: Episode, n_starts: int, rng: np.random.Generator) -> int:
+    def _window_start(self, moving: np.ndarray | None, n_starts: int, rng: np.random.Generator) -> int:
+        """A window start in [0, n_starts): with probability task_motion_fraction one of `moving` (the
+        episode's starts whose window holds task-state motion) when there are any, else uniform."""
         fraction = self.spec.task_motion_fraction
-        if fraction > 0 and rng.random() < fraction:
-            moving = np.flatnonzero(moving_window_starts(ep.task_state, self.spec.frames,
-                                                         self.spec.task_motion_threshold)[:n_starts])
-            if moving.size:
-                return int(moving[rng.integers(0, moving.size)])
+        if fraction > 0 and rng.random() < fraction and moving.size:
+            return int(moving[rng.integers(0, moving.size)])
         return int(rng.integers(0, n_starts))
 
     def __iter__(self):

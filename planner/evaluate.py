@@ -208,6 +208,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     zero = agent.action_spec.to_native(np.zeros(agent.action_spec.dim, np.float32))
     frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
     plan_ms, energies, reached, target, subgoal_steps = [], [], False, 0, []
+    subgoal_threshold = agent.goal_energy_threshold * subgoal_threshold_scale
     start_distance = float(info["distance"])
     t = 0
     for t in range(steps):
@@ -217,7 +218,6 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
                               seed=(seed + 7919 * t) % (2**63))
             plan_ms.append(plan.plan_ms)
             on_final = target == len(z_targets) - 1
-            subgoal_threshold = agent.goal_energy_threshold * subgoal_threshold_scale
             if not on_final and plan.current_energy[0] <= subgoal_threshold:
                 target, warm = target + 1, None  # sub-goal reached: plan to the next one from here
                 subgoal_steps.append(t)

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -121,11 +120,11 @@ def test_task_motion_sampling_draws_contact_windows(store_path):
     assert np.flatnonzero(moving_window_starts(state, 3, 0.002)).tolist() == [9, 10]
     n_starts = T + 1 - 2
     rng = np.random.default_rng(0)
-    moving = SimpleNamespace(task_state=state)
+    moving = np.flatnonzero(moving_window_starts(state, 3, 0.002))
     always = WindowDataset(store_path, [0], [T], WindowSpec(3, 4, task_motion_fraction=1.0), seed=0,
                            end_step=1)
     assert {always._window_start(moving, n_starts, rng) for _ in range(50)} == {9, 10}
-    still = SimpleNamespace(task_state=np.zeros_like(state))  # nothing moves: uniform over all starts
+    still = np.flatnonzero(moving_window_starts(np.zeros_like(state), 3, 0.002))  # nothing moves: uniform
     assert len({always._window_start(still, n_starts, rng) for _ in range(200)}) > 10
     half = WindowDataset(store_path, [0], [T], WindowSpec(3, 4, task_motion_fraction=0.5), seed=0, end_step=1)
     share = np.mean([half._window_start(moving, n_starts, rng) in (9, 10)
