@@ -105,6 +105,9 @@ class TrainConfig:
     """Decoded episodes kept per worker (bounded memory)."""
     threads: int = 2
     """torch CPU threads per process."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """CUDA only: `bf16` runs the forward pass under bfloat16 autocast, `fp32` in full precision (the CPU
+    always trains in fp32). Measured on push in docs/BENCHMARKS.md ("GPU training")."""
     stop_at: int | None = None
     """Stop (saving the training state, no checkpoint) at this step; finish later with --resume."""
     success_threshold: float | None = None
@@ -461,7 +464,8 @@ def run(cfg: TrainConfig) -> Path | None:
     monitor = CollapseMonitor(cfg.collapse_rank_floor, cfg.collapse_std_floor, cfg.collapse_patience)
     train_log = CsvLog(log_dir / "train_log.csv", start if cfg.resume else None) if d.main else None
     val_log = CsvLog(log_dir / "val_log.csv", start if cfg.resume else None) if d.main else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bf16 = device.type == "cuda" and cfg.precision == "bf16"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
     from tqdm import tqdm
 
     bar = tqdm(total=end, initial=start, desc="train", unit="step", disable=not d.main, dynamic_ncols=True)
@@ -531,7 +535,8 @@ def run(cfg: TrainConfig) -> Path | None:
         metrics, threshold = validate(model, store, train_eps, val_eps, cfg, device, success_threshold)
         metrics.update(head_fit)
         val_log.write({"step": end - 1, **metrics})
-        path = write_checkpoint(cfg, model, store, indices, train_eps, val_eps, metrics, threshold)
+        timing = training_time(log_dir / "train_log.csv", device, cfg.threads)
+        path = write_checkpoint(cfg, model, store, indices, train_eps, val_eps, metrics, threshold, timing)
         print(f"wrote {path} ({checkpoint.checkpoint_name(path)}); metrics: "
               + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
     _barrier(d)
@@ -545,8 +550,18 @@ def _barrier(d: Dist) -> None:
         dist.barrier()
 
 
+def training_time(train_log: Path, device: torch.device, threads: int) -> dict:
+    """Wall seconds of the logged optimizer steps (summed over resumed segments) and their device."""
+    with open(train_log, newline="") as f:
+        seconds = sum(float(row["sec_per_step"]) for row in csv.DictReader(f))
+    where = (f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+             else f"cpu ({threads} torch thread{'s' if threads != 1 else ''})")
+    return {"step_seconds": round(seconds, 1), "device": where}
+
+
 def write_checkpoint(cfg: TrainConfig, model: WorldModel, store: TrajectoryStore, indices: list[int],
-                     train_eps: list[int], val_eps: list[int], metrics: dict, threshold: dict) -> Path:
+                     train_eps: list[int], val_eps: list[int], metrics: dict, threshold: dict,
+                     timing: dict) -> Path:
     meta = store.meta
     meta_hash = hashlib.sha256((store.path / META_FILE).read_bytes()).hexdigest()[:16]
     from_cli = len(sys.argv) > 1 and sys.argv[1] == "train"
@@ -569,6 +584,7 @@ def write_checkpoint(cfg: TrainConfig, model: WorldModel, store: TrajectoryStore
             "control_hz": meta.control_hz,
         },
         "training": config_dict(cfg),
+        "training_time": timing,
         "goal_energy_threshold": threshold["threshold"],
         "goal_energy_calibration": threshold,
         "metrics": metrics,

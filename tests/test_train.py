@@ -161,6 +161,9 @@ def test_tiny_run_lowers_loss_keeps_rank_and_writes_checkpoint(store_path, tmp_p
     m = c["metrics"]
     assert 0 < m["energy_head_transition_distance"] < m["energy_head_random_pair_distance"]
     assert (path / "card.md").read_text().count("probe_r2_task_state") == 1
+    logged = sum(float(r["sec_per_step"]) for r in read_log(tmp_path / "log" / "train_log.csv"))
+    assert c["training_time"] == {"step_seconds": round(logged, 1), "device": "cpu (2 torch threads)"}
+    assert "min of optimizer steps on cpu (2 torch threads)" in (path / "card.md").read_text()
 
 
 def test_resume_is_exact(store_path, tmp_path):
