@@ -183,13 +183,28 @@ def summarize(records: list[dict]) -> dict:
     """Success, distance and plan-time statistics over episode records (each keeps its own `plan_ms`, so
     shards of one evaluation can be merged exactly: planner.merge_evals)."""
     plan_ms = [m for r in records for m in r.get("plan_ms", [])]
-    return dict(
+    out = dict(
         success_rate=float(np.mean([r["success"] for r in records])),
         mean_final_distance=float(np.mean([r["final_distance"] for r in records])),
         plan_ms_median=float(np.median(plan_ms)) if plan_ms else 0.0,
         plan_ms_p95=float(np.percentile(plan_ms, 95)) if plan_ms else 0.0,
-        per_episode=records,
     )
+    errors = [r["subgoal_errors"] for r in records if r.get("subgoal_errors")]
+    if errors:  # per sub-goal: median true [hand, task-state] error [m] where the agent judged it reached
+        per_subgoal = [[e[k] for e in errors if len(e) > k] for k in range(max(map(len, errors)))]
+        out["subgoal_error_median"] = [np.median(np.asarray(e), axis=0).round(4).tolist()
+                                       for e in per_subgoal]
+    return {**out, "per_episode": records}
+
+
+def subgoal_error(u, reset_info: dict, k: int) -> list[float]:
+    """[hand, task-state] distance [m] of the true state from sub-goal k (the env's reset info), NaN where
+    the env gives no sub-goal states: what the agent's "sub-goal reached" meant in the simulator."""
+    if "subgoal_proprio" not in reset_info:
+        return [float("nan"), float("nan")]
+    hand = np.linalg.norm(u.ee_position() - np.asarray(reset_info["subgoal_proprio"][k])[:3])
+    task = np.linalg.norm(u.task_state() - np.asarray(reset_info["subgoal_task_states"][k]))
+    return [round(float(hand), 4), round(float(task), 4)]
 
 
 def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, steps: int, replan_every: int,
@@ -202,12 +217,13 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     times the calibrated goal threshold."""
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
+    reset_info = info
     goal = preprocess_image(info["goal_image"], rule)
     targets = [preprocess_image(g, rule) for g in info.get("subgoal_images", [])] if subgoals else []
     z_targets = [agent.encode_goal(g)[None] for g in targets] + [agent.encode_goal(goal)[None]]
     zero = agent.action_spec.to_native(np.zeros(agent.action_spec.dim, np.float32))
     frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
-    plan_ms, energies, reached, target, subgoal_steps = [], [], False, 0, []
+    plan_ms, energies, reached, target, subgoal_steps, subgoal_errors = [], [], False, 0, [], []
     subgoal_threshold = agent.goal_energy_threshold * subgoal_threshold_scale
     start_distance = float(info["distance"])
     t = 0
@@ -219,8 +235,9 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
             plan_ms.append(plan.plan_ms)
             on_final = target == len(z_targets) - 1
             if not on_final and plan.current_energy[0] <= subgoal_threshold:
-                target, warm = target + 1, None  # sub-goal reached: plan to the next one from here
                 subgoal_steps.append(t)
+                subgoal_errors.append(subgoal_error(u, reset_info, target))
+                target, warm = target + 1, None  # sub-goal reached: plan to the next one from here
                 continue
             energies.append(float(plan.current_energy[0]))
             if on_final and plan.goal_reached[0] and stop_on_goal:
@@ -253,6 +270,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     if len(z_targets) > 1:
         rec["subgoals"] = len(z_targets) - 1
         rec["subgoal_reached_at_step"] = subgoal_steps
+        rec["subgoal_errors"] = subgoal_errors
     if keep_frames:
         rec["_frames"], rec["_goal"] = frames, goal
     return rec

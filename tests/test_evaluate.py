@@ -157,9 +157,15 @@ def test_eval_plans_through_pick_place_subgoals(tiny_ckpt, tmp_path):
     loose = loose_copy(tiny_ckpt, tmp_path)
     kw = dict(env="ArmPickPlace-v0", episodes=1, max_steps=2, samples=4, iterations=1, horizon=2,
               progress=False)
-    ep = evaluate(EvalConfig(checkpoint=str(loose), **kw))["per_episode"][0]
+    result = evaluate(EvalConfig(checkpoint=str(loose), **kw))
+    ep = result["per_episode"][0]
     assert ep["subgoals"] == 3 and ep["subgoal_reached_at_step"] == [0, 0, 0]
     assert ep["stopped_by_goal_reached"]
+    # what "reached" meant in the simulator: the hand never moved to any sub-goal pose, and the block still
+    # lies on the table where the grasp sub-goal has it, not lifted as in the lift sub-goal
+    (pre_hand, _), (grasp_hand, grasp_block), (lift_hand, lift_block) = ep["subgoal_errors"]
+    assert min(pre_hand, grasp_hand, lift_hand) > 0.01 and lift_block > grasp_block + 0.01
+    assert result["subgoal_error_median"] == [list(e) for e in ep["subgoal_errors"]]
     # a sub-goal threshold far below the goal's: no sub-goal passed, and the goal's own goal_reached (true
     # for every image under the loose threshold) must not end the episode while a sub-goal is pending
     held = evaluate(EvalConfig(checkpoint=str(loose), subgoal_threshold_scale=1e-12, **kw))
