@@ -252,6 +252,42 @@ def linear_probe_r2(train_latents, train_targets, test_latents, test_targets,
     return ProbeResult(r2=r2, mean_r2=float(np.mean(finite)) if finite else float("nan"))
 
 
+def mlp_probe_r2(train_latents, train_targets, test_latents, test_targets, hidden: int = 256,
+                 steps: int = 3000, batch_size: int = 512, lr: float = 1e-3, seed: int = 0,
+                 min_target_std: float = 1e-3) -> ProbeResult:
+    """A 2-hidden-layer GELU MLP latents [N, D] -> targets [N, K] (Adam on standardized inputs and targets,
+    seeded), fit on train and scored on test with the same R^2 rule as linear_probe_r2. Where the linear
+    probe says whether a quantity is linear in the latent, this one says whether it is there at all."""
+    xtr, ytr = _as_2d_f64(train_latents, "train_latents"), _as_2d_f64(train_targets, "train_targets")
+    xte, yte = _as_2d_f64(test_latents, "test_latents"), _as_2d_f64(test_targets, "test_targets")
+    if len(xtr) != len(ytr) or len(xte) != len(yte) or len(xtr) < 2 or len(xte) < 2:
+        raise ValueError(f"mlp_probe_r2 needs matching rows and at least 2 of each: train {len(xtr)} vs "
+                         f"{len(ytr)}, test {len(xte)} vs {len(yte)}")
+    mu, sd = xtr.mean(0), np.where(xtr.std(0) > 1e-8, xtr.std(0), np.inf)
+    ymu, ysd = ytr.mean(0), np.where(ytr.std(0) > 1e-12, ytr.std(0), 1.0)
+    x = torch.as_tensor((xtr - mu) / sd, dtype=torch.float32)
+    y = torch.as_tensor((ytr - ymu) / ysd, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    nn = torch.nn
+    net = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                        nn.Linear(hidden, y.shape[1]))
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+    for _ in range(steps):
+        i = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
+        loss = (net(x[i]) - y[i]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = net(torch.as_tensor((xte - mu) / sd, dtype=torch.float32)).double().numpy() * ysd + ymu
+    sse, sst = ((yte - pred) ** 2).sum(0), ((yte - yte.mean(0)) ** 2).sum(0)
+    varies = yte.std(0) >= max(min_target_std, 1e-12)
+    r2 = [float(1.0 - e / t) if v else float("nan") for e, t, v in zip(sse, sst, varies, strict=True)]
+    finite = [v for v in r2 if math.isfinite(v)]
+    return ProbeResult(r2=r2, mean_r2=float(np.mean(finite)) if finite else float("nan"))
+
+
 def _as_2d_f64(x, what: str) -> np.ndarray:
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     a = a.astype(np.float64)

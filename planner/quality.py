@@ -50,6 +50,9 @@ class QualityConfig:
     """Task success distance in metres for the goal-energy threshold; None: the env's TaskSpec."""
     seed: int = 0
     """Seed of pair sampling, window subsampling and action shuffling."""
+    mlp_probe: bool = False
+    """Also fit an MLP probe (planner.metrics.mlp_probe_r2, about a minute on one CPU core): is the task
+    state in the latent at all, linearly or not."""
 
 
 def split_indices(store_indices: list[int], config: dict) -> tuple[list[int], list[int], str]:
@@ -114,6 +117,14 @@ def quality_report(model, encoded_val: M.EncodedEpisodes, encoded_train: M.Encod
     if probe_train.proprio is not None and probe_test.proprio is not None:
         probes["proprio"] = M.linear_probe_r2(z_train, np.concatenate(probe_train.proprio),
                                               z_test, np.concatenate(probe_test.proprio)).to_dict()
+    if cfg.mlp_probe:
+        task_train, task_test = probe_train.all_task_states(), probe_test.all_task_states()
+        probes["task_state (MLP)"] = M.mlp_probe_r2(z_train, task_train, z_test, task_test,
+                                                   seed=cfg.seed).to_dict()
+        if "proprio" in probes:
+            probes["proprio (MLP)"] = M.mlp_probe_r2(z_train, np.concatenate(probe_train.proprio), z_test,
+                                                     np.concatenate(probe_test.proprio),
+                                                     seed=cfg.seed).to_dict()
     kstep = M.kstep_prediction_error(model, encoded_val, history_len, k_max=cfg.k_max, device=cfg.device,
                                      batch_size=cfg.batch_size, seed=cfg.seed)
     in_energy = M.in_energy_space(model, encoded_val)  # the distance the planner uses

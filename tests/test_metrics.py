@@ -85,6 +85,23 @@ def test_linear_probe_high_for_linear_latents_low_for_noise():
     assert noise.mean_r2 < 0.05
 
 
+def test_mlp_probe_finds_what_is_there_nonlinearly():
+    """State on a curved manifold (angle -> cos, sin features): the linear probe of the angle stays low,
+    the MLP probe recovers it; same seed, same result; noise stays near zero."""
+    rng = np.random.default_rng(0)
+    ang_tr, ang_te = rng.uniform(-1.0, 1.0, 1500), rng.uniform(-1.0, 1.0, 400)
+    feats = lambda a: np.stack([np.cos(3 * a), np.sin(3 * a)], 1)  # noqa: E731
+    lin = M.linear_probe_r2(feats(ang_tr), ang_tr, feats(ang_te), ang_te)
+    mlp = M.mlp_probe_r2(feats(ang_tr), ang_tr, feats(ang_te), ang_te, steps=1500)
+    assert lin.mean_r2 < 0.8 and mlp.mean_r2 > 0.95
+    again = M.mlp_probe_r2(feats(ang_tr), ang_tr, feats(ang_te), ang_te, steps=1500)
+    assert again.r2 == mlp.r2
+    noise = M.mlp_probe_r2(rng.normal(size=(1500, 2)), ang_tr, rng.normal(size=(400, 2)), ang_te, steps=300)
+    assert noise.mean_r2 < 0.1
+    with pytest.raises(ValueError, match="matching rows"):
+        M.mlp_probe_r2(np.zeros((10, 3)), np.zeros((9, 1)), np.zeros((5, 3)), np.zeros((5, 1)))
+
+
 def test_linear_probe_rejects_mismatched_rows():
     with pytest.raises(ValueError, match="same number of rows"):
         M.linear_probe_r2(np.zeros((10, 3)), np.zeros((9, 1)), np.zeros((5, 3)), np.zeros((5, 1)))
@@ -275,7 +292,7 @@ def test_quality_cli_on_real_model_checkpoint_and_store(tmp_path, capsys):
     out_json, out_png = tmp_path / "q.json", tmp_path / "q.png"
     main(["quality", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(tmp_path / "data"),
           "--json", str(out_json), "--plot", str(out_png), "--pairs", "300", "--success-threshold", "0.1",
-          "--device", "cpu"])
+          "--device", "cpu", "--mlp-probe"])
     printed = capsys.readouterr().out
     assert "effective rank" in printed and "pred / copy-last" in printed
     rep = json.loads(out_json.read_text())
@@ -286,6 +303,8 @@ def test_quality_cli_on_real_model_checkpoint_and_store(tmp_path, capsys):
     # the constant third task-state dim has no variance: NaN R^2, written as null
     r2 = rep["probe"]["task_state"]["r2"]
     assert max(r2[:2]) > 0.3 and r2[2] is None and rep["probe"]["proprio"]["r2"] == r2
+    mlp = rep["probe"]["task_state (MLP)"]["r2"]
+    assert len(mlp) == 3 and mlp[2] is None and "probe R^2 task_state (MLP)" in printed
     k = rep["kstep"]
     assert k["k"] == [1, 2, 3, 4, 5] and k["n_windows"] == 4 * (STEPS - 5)
     assert all(c > 0 for c in k["copy_last_error"]) and all(r > 0 for r in k["ratio"])
