@@ -243,7 +243,12 @@ def linear_probe_r2(train_latents, train_targets, test_latents, test_targets,
     ymu = ytr.mean(0)
     gram = xs_tr.T @ xs_tr + ridge * len(xtr) * np.eye(xs_tr.shape[1])
     w = np.linalg.lstsq(gram, xs_tr.T @ (ytr - ymu), rcond=None)[0]
-    pred = xs_te @ w + ymu
+    return _held_out_r2(yte, xs_te @ w + ymu, min_target_std)
+
+
+def _held_out_r2(yte: np.ndarray, pred: np.ndarray, min_target_std: float) -> ProbeResult:
+    """R^2 per target column of test targets yte [N, K] against predictions [N, K] (SST about the test mean;
+    NaN, and left out of the mean, for a target whose test std is below min_target_std)."""
     sse = ((yte - pred) ** 2).sum(0)
     sst = ((yte - yte.mean(0)) ** 2).sum(0)
     varies = yte.std(0) >= max(min_target_std, 1e-12)
@@ -281,11 +286,7 @@ def mlp_probe_r2(train_latents, train_targets, test_latents, test_targets, hidde
         opt.step()
     with torch.no_grad():
         pred = net(torch.as_tensor((xte - mu) / sd, dtype=torch.float32)).double().numpy() * ysd + ymu
-    sse, sst = ((yte - pred) ** 2).sum(0), ((yte - yte.mean(0)) ** 2).sum(0)
-    varies = yte.std(0) >= max(min_target_std, 1e-12)
-    r2 = [float(1.0 - e / t) if v else float("nan") for e, t, v in zip(sse, sst, varies, strict=True)]
-    finite = [v for v in r2 if math.isfinite(v)]
-    return ProbeResult(r2=r2, mean_r2=float(np.mean(finite)) if finite else float("nan"))
+    return _held_out_r2(yte, pred, min_target_std)
 
 
 def _as_2d_f64(x, what: str) -> np.ndarray:
