@@ -107,7 +107,8 @@ class TrainConfig:
     """torch CPU threads per process."""
     precision: Literal["bf16", "fp32"] = "bf16"
     """CUDA only: `bf16` runs the forward pass under bfloat16 autocast, `fp32` in full precision (the CPU
-    always trains in fp32). Measured on push in docs/BENCHMARKS.md ("GPU training")."""
+    always trains in fp32). Measured on push: docs/BENCHMARKS.md, "GPU training and the regularizer's
+    balance"."""
     stop_at: int | None = None
     """Stop (saving the training state, no checkpoint) at this step; finish later with --resume."""
     success_threshold: float | None = None
