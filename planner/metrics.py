@@ -226,6 +226,18 @@ def linear_probe_r2(train_latents, train_targets, test_latents, test_targets,
     below `min_target_std` (1 mm for our metre-valued task states: the height of a block resting on the
     table in push) has no variance to explain: it gets NaN and stays out of the mean.
     """
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    xs_tr, ytr, xs_te, yte = _probe_data(train_latents, train_targets, test_latents, test_targets)
+    ymu = ytr.mean(0)
+    gram = xs_tr.T @ xs_tr + ridge * len(xs_tr) * np.eye(xs_tr.shape[1])
+    w = np.linalg.lstsq(gram, xs_tr.T @ (ytr - ymu), rcond=None)[0]
+    return _held_out_r2(yte, xs_te @ w + ymu, min_target_std)
+
+
+def _probe_data(train_latents, train_targets, test_latents, test_targets):
+    """Checked float64 probe data: (latents_train, targets_train, latents_test, targets_test), the latents
+    standardized with the train mean/std (constant dims carry nothing: they standardize to 0)."""
     xtr, ytr = _as_2d_f64(train_latents, "train_latents"), _as_2d_f64(train_targets, "train_targets")
     xte, yte = _as_2d_f64(test_latents, "test_latents"), _as_2d_f64(test_targets, "test_targets")
     if len(xtr) != len(ytr) or len(xte) != len(yte):
@@ -234,16 +246,10 @@ def linear_probe_r2(train_latents, train_targets, test_latents, test_targets,
     if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
         raise ValueError("train and test must have the same latent and target widths")
     if len(xtr) < 2 or len(xte) < 2:
-        raise ValueError("linear_probe_r2 needs at least 2 train and 2 test rows")
-    if ridge < 0:
-        raise ValueError(f"ridge must be >= 0, got {ridge}")
+        raise ValueError("a probe needs at least 2 train and 2 test rows")
     mu, sd = xtr.mean(0), xtr.std(0)
-    sd = np.where(sd > 1e-8, sd, np.inf)  # constant dims carry nothing: they standardize to 0
-    xs_tr, xs_te = (xtr - mu) / sd, (xte - mu) / sd
-    ymu = ytr.mean(0)
-    gram = xs_tr.T @ xs_tr + ridge * len(xtr) * np.eye(xs_tr.shape[1])
-    w = np.linalg.lstsq(gram, xs_tr.T @ (ytr - ymu), rcond=None)[0]
-    return _held_out_r2(yte, xs_te @ w + ymu, min_target_std)
+    sd = np.where(sd > 1e-8, sd, np.inf)
+    return (xtr - mu) / sd, ytr, (xte - mu) / sd, yte
 
 
 def _held_out_r2(yte: np.ndarray, pred: np.ndarray, min_target_std: float) -> ProbeResult:
@@ -263,14 +269,9 @@ def mlp_probe_r2(train_latents, train_targets, test_latents, test_targets, hidde
     """A 2-hidden-layer GELU MLP latents [N, D] -> targets [N, K] (Adam on standardized inputs and targets,
     seeded), fit on train and scored on test with the same R^2 rule as linear_probe_r2. Where the linear
     probe says whether a quantity is linear in the latent, this one says whether it is there at all."""
-    xtr, ytr = _as_2d_f64(train_latents, "train_latents"), _as_2d_f64(train_targets, "train_targets")
-    xte, yte = _as_2d_f64(test_latents, "test_latents"), _as_2d_f64(test_targets, "test_targets")
-    if len(xtr) != len(ytr) or len(xte) != len(yte) or len(xtr) < 2 or len(xte) < 2:
-        raise ValueError(f"mlp_probe_r2 needs matching rows and at least 2 of each: train {len(xtr)} vs "
-                         f"{len(ytr)}, test {len(xte)} vs {len(yte)}")
-    mu, sd = xtr.mean(0), np.where(xtr.std(0) > 1e-8, xtr.std(0), np.inf)
+    xs_tr, ytr, xs_te, yte = _probe_data(train_latents, train_targets, test_latents, test_targets)
     ymu, ysd = ytr.mean(0), np.where(ytr.std(0) > 1e-12, ytr.std(0), 1.0)
-    x = torch.as_tensor((xtr - mu) / sd, dtype=torch.float32)
+    x = torch.as_tensor(xs_tr, dtype=torch.float32)
     y = torch.as_tensor((ytr - ymu) / ysd, dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -285,7 +286,7 @@ def mlp_probe_r2(train_latents, train_targets, test_latents, test_targets, hidde
         loss.backward()
         opt.step()
     with torch.no_grad():
-        pred = net(torch.as_tensor((xte - mu) / sd, dtype=torch.float32)).double().numpy() * ysd + ymu
+        pred = net(torch.as_tensor(xs_te, dtype=torch.float32)).double().numpy() * ysd + ymu
     return _held_out_r2(yte, pred, min_target_std)
 
 

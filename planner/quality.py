@@ -112,19 +112,14 @@ def quality_report(model, encoded_val: M.EncodedEpisodes, encoded_train: M.Encod
     else:
         probe_train, probe_test = encoded_train, encoded_val
     z_train, z_test = probe_train.all_latents(), probe_test.all_latents()
-    probes = {"task_state": M.linear_probe_r2(z_train, probe_train.all_task_states(),
-                                              z_test, probe_test.all_task_states()).to_dict()}
+    targets = {"task_state": (probe_train.all_task_states(), probe_test.all_task_states())}
     if probe_train.proprio is not None and probe_test.proprio is not None:
-        probes["proprio"] = M.linear_probe_r2(z_train, np.concatenate(probe_train.proprio),
-                                              z_test, np.concatenate(probe_test.proprio)).to_dict()
+        targets["proprio"] = (np.concatenate(probe_train.proprio), np.concatenate(probe_test.proprio))
+    probes = {name: M.linear_probe_r2(z_train, tr, z_test, te).to_dict()
+              for name, (tr, te) in targets.items()}
     if cfg.mlp_probe:
-        task_train, task_test = probe_train.all_task_states(), probe_test.all_task_states()
-        probes["task_state (MLP)"] = M.mlp_probe_r2(z_train, task_train, z_test, task_test,
-                                                   seed=cfg.seed).to_dict()
-        if "proprio" in probes:
-            probes["proprio (MLP)"] = M.mlp_probe_r2(z_train, np.concatenate(probe_train.proprio), z_test,
-                                                     np.concatenate(probe_test.proprio),
-                                                     seed=cfg.seed).to_dict()
+        probes.update({f"{name} (MLP)": M.mlp_probe_r2(z_train, tr, z_test, te, seed=cfg.seed).to_dict()
+                       for name, (tr, te) in targets.items()})
     kstep = M.kstep_prediction_error(model, encoded_val, history_len, k_max=cfg.k_max, device=cfg.device,
                                      batch_size=cfg.batch_size, seed=cfg.seed)
     in_energy = M.in_energy_space(model, encoded_val)  # the distance the planner uses

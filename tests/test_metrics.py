@@ -98,7 +98,7 @@ def test_mlp_probe_finds_what_is_there_nonlinearly():
     assert again.r2 == mlp.r2
     noise = M.mlp_probe_r2(rng.normal(size=(1500, 2)), ang_tr, rng.normal(size=(400, 2)), ang_te, steps=300)
     assert noise.mean_r2 < 0.1
-    with pytest.raises(ValueError, match="matching rows"):
+    with pytest.raises(ValueError, match="same number of rows"):
         M.mlp_probe_r2(np.zeros((10, 3)), np.zeros((9, 1)), np.zeros((5, 3)), np.zeros((5, 1)))
 
 
