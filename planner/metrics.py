@@ -6,8 +6,10 @@ works on the returned `EncodedEpisodes`:
 
 - `effective_rank`, `per_dim_std`, `collapse_stats`: collapse watch (cheap; the trainer uses them).
 - `linear_probe_r2`: closed-form ridge probe from latents to a known state, R^2 on held-out episodes.
+- `fit_mlp_probe`, `mlp_probe_r2`: the same question for a small MLP (is the state there at all).
 - `kstep_prediction_error`: open-loop rollout error at k = 1..k_max vs the copy-last baseline, and the
   same with shuffled actions (action sensitivity).
+- `imagination_error`: the same rollouts read through MLP probes, in the task's units (metres).
 - `energy_rank_correlation`: Spearman rho between latent distance and true task distance over
   (state, goal) pairs, binned curve, and the bins where the latent distance stops increasing.
 - `calibrate_goal_energy_threshold`: latent distance below which a state counts as at the goal.
@@ -263,15 +265,35 @@ def _held_out_r2(yte: np.ndarray, pred: np.ndarray, min_target_std: float) -> Pr
     return ProbeResult(r2=r2, mean_r2=float(np.mean(finite)) if finite else float("nan"))
 
 
-def mlp_probe_r2(train_latents, train_targets, test_latents, test_targets, hidden: int = 256,
-                 steps: int = 3000, batch_size: int = 512, lr: float = 1e-3, seed: int = 0,
-                 min_target_std: float = 1e-3) -> ProbeResult:
-    """A 2-hidden-layer GELU MLP latents [N, D] -> targets [N, K] (Adam on standardized inputs and targets,
-    seeded), fit on train and scored on test with the same R^2 rule as linear_probe_r2. Where the linear
-    probe says whether a quantity is linear in the latent, this one says whether it is there at all."""
-    xs_tr, ytr, xs_te, yte = _probe_data(train_latents, train_targets, test_latents, test_targets)
+@dataclass
+class MLPProbe:
+    """A fitted MLP probe: latents [N, D] -> targets [N, K] (planner.metrics.fit_mlp_probe)."""
+
+    net: torch.nn.Module
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    y_mean: np.ndarray
+    y_std: np.ndarray
+
+    @torch.no_grad()
+    def __call__(self, latents) -> np.ndarray:
+        """latents [N, D] (tensor or array) -> float64 [N, K] in the targets' units."""
+        x = (_as_2d_f64(latents, "latents") - self.x_mean) / self.x_std
+        return self.net(torch.as_tensor(x, dtype=torch.float32)).double().numpy() * self.y_std + self.y_mean
+
+
+def fit_mlp_probe(train_latents, train_targets, hidden: int = 256, steps: int = 3000, batch_size: int = 512,
+                  lr: float = 1e-3, seed: int = 0) -> MLPProbe:
+    """A 2-hidden-layer GELU MLP latents [N, D] -> targets [N, K], Adam on standardized inputs (the train
+    mean/std; constant dims standardize to 0) and targets, seeded."""
+    xtr, ytr = _as_2d_f64(train_latents, "train_latents"), _as_2d_f64(train_targets, "train_targets")
+    if len(xtr) != len(ytr) or len(xtr) < 2:
+        raise ValueError(f"latents and targets need the same number of rows (>= 2), got {len(xtr)} vs "
+                         f"{len(ytr)}")
+    mu, sd = xtr.mean(0), xtr.std(0)
+    sd = np.where(sd > 1e-8, sd, np.inf)
     ymu, ysd = ytr.mean(0), np.where(ytr.std(0) > 1e-12, ytr.std(0), 1.0)
-    x = torch.as_tensor(xs_tr, dtype=torch.float32)
+    x = torch.as_tensor((xtr - mu) / sd, dtype=torch.float32)
     y = torch.as_tensor((ytr - ymu) / ysd, dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -285,9 +307,17 @@ def mlp_probe_r2(train_latents, train_targets, test_latents, test_targets, hidde
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        pred = net(torch.as_tensor(xs_te, dtype=torch.float32)).double().numpy() * ysd + ymu
-    return _held_out_r2(yte, pred, min_target_std)
+    return MLPProbe(net=net.eval(), x_mean=mu, x_std=sd, y_mean=ymu, y_std=ysd)
+
+
+def mlp_probe_r2(train_latents, train_targets, test_latents, test_targets, min_target_std: float = 1e-3,
+                 probe: MLPProbe | None = None, **fit_kwargs) -> ProbeResult:
+    """Held-out R^2 of an MLP probe (fit_mlp_probe on train with `fit_kwargs`, or the given fitted `probe`),
+    with the same R^2 rule as linear_probe_r2. Where the linear probe says whether a quantity is linear in
+    the latent, this one says whether it is there at all."""
+    _probe_data(train_latents, train_targets, test_latents, test_targets)  # shape checks
+    probe = probe or fit_mlp_probe(train_latents, train_targets, **fit_kwargs)
+    return _held_out_r2(_as_2d_f64(test_targets, "test_targets"), probe(test_latents), min_target_std)
 
 
 def _as_2d_f64(x, what: str) -> np.ndarray:
@@ -382,10 +412,9 @@ def _windows(encoded: EncodedEpisodes, history_len: int, k_max: int):
     """All windows: z_hist [N,K,D], a_prev [N,K-1,A], plan [N,k_max,A], target [N,k_max,D], z_last [N,D]."""
     z_hist, a_prev, plan, target = [], [], [], []
     for z, a in zip(encoded.latents, encoded.actions, strict=True):
-        starts = range(history_len - 1, z.shape[0] - k_max)  # t with t+k_max <= T
-        if len(starts) == 0:
+        t = _window_starts(z.shape[0], history_len, k_max)
+        if len(t) == 0:
             continue
-        t = torch.as_tensor(list(starts))
         h = t[:, None] + torch.arange(-history_len + 1, 1)  # [n, K]
         f = t[:, None] + torch.arange(0, k_max)  # [n, k_max]
         z_hist.append(z[h])
@@ -399,6 +428,77 @@ def _windows(encoded: EncodedEpisodes, history_len: int, k_max: int):
                 empty(0, k_max, d), empty(0, d))
     z_hist_t = torch.cat(z_hist)
     return z_hist_t, torch.cat(a_prev), torch.cat(plan), torch.cat(target), z_hist_t[:, -1]
+
+
+def _window_starts(n_frames: int, history_len: int, k_max: int) -> torch.Tensor:
+    """Start frames t of the k-step windows of an episode of n_frames frames: K-1 <= t, t + k_max < n."""
+    return torch.arange(history_len - 1, max(history_len - 1, n_frames - k_max))
+
+
+@dataclass
+class ImaginationError:
+    """The model's open-loop imagination read in the task's units through MLP probes: per probed quantity
+    (e.g. `task_state` = the block's position in metres), per k = 1..k_max, the distance between the probe's
+    reading of the imagined latent and of the encoded true one (median, 90th percentile, and median over
+    the windows in which the task state moves), beside the probe's own error on encoded frames
+    (`probe_floor`: probe(true latent) against the true state, median)."""
+
+    k: list[int]
+    median: dict[str, list[float]]
+    p90: dict[str, list[float]]
+    moving_median: dict[str, list[float]]
+    probe_floor: dict[str, float]
+    n_windows: int
+    n_moving: int
+    moving_threshold: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@torch.no_grad()
+def imagination_error(model, encoded: EncodedEpisodes, probes: dict[str, tuple[MLPProbe, slice]],
+                      states: dict[str, list[np.ndarray]], history_len: int, k_max: int = 5,
+                      device: str | torch.device = "cpu", batch_size: int = 512,
+                      moving_threshold: float = 0.002) -> ImaginationError:
+    """Roll the predictor k_max steps from every window of `encoded` (as kstep_prediction_error) and read
+    predicted and encoded latents with fitted probes.
+
+    probes: name -> (probe, columns): the quantity is probe(z)[:, columns] (e.g. the hand = the first three
+    proprio columns); states: name -> per-episode true values [T_i+1, C] of the same columns (the probe
+    floor). A window counts as moving when the task state moves more than `moving_threshold` (its units)
+    between its start and its last frame.
+    """
+    if set(states) != set(probes):
+        raise ValueError(f"states and probes must name the same quantities, got {sorted(states)} and "
+                         f"{sorted(probes)}")
+    z_hist, a_prev, plan, target, _ = _windows(encoded, history_len, k_max)
+    n = len(plan)
+    if n < 1:
+        raise ValueError(f"no window of {history_len - 1 + k_max} steps in these episodes (k_max={k_max})")
+    pred = torch.cat([model.rollout(z_hist[s:s + batch_size].to(device), a_prev[s:s + batch_size].to(device),
+                                    plan[s:s + batch_size].to(device)[:, None])[:, 0].float().cpu()
+                      for s in range(0, n, batch_size)])  # [N, k_max, D]
+    d = pred.shape[-1]
+    moved = []
+    for z, task in zip(encoded.latents, encoded.task_states, strict=True):
+        t = _window_starts(z.shape[0], history_len, k_max).numpy()
+        moved.append(np.linalg.norm(task[t + k_max] - task[t], axis=-1) > moving_threshold)
+    moving = np.concatenate(moved)
+    median, p90, moving_median, floor = {}, {}, {}, {}
+    for name, (probe, cols) in probes.items():
+        read_pred = probe(pred.reshape(-1, d))[:, cols].reshape(n, k_max, -1)
+        read_true = probe(target.reshape(-1, d))[:, cols].reshape(n, k_max, -1)
+        err = np.linalg.norm(read_pred - read_true, axis=-1)  # [N, k_max]
+        median[name] = np.median(err, 0).tolist()
+        p90[name] = np.quantile(err, 0.9, axis=0).tolist()
+        moving_median[name] = (np.median(err[moving], 0).tolist() if moving.any()
+                               else [float("nan")] * k_max)
+        truth = np.concatenate(states[name])
+        floor[name] = float(np.median(np.linalg.norm(probe(encoded.all_latents())[:, cols] - truth, axis=-1)))
+    return ImaginationError(k=list(range(1, k_max + 1)), median=median, p90=p90, moving_median=moving_median,
+                            probe_floor=floor, n_windows=n, n_moving=int(moving.sum()),
+                            moving_threshold=moving_threshold)
 
 
 def _safe_div(a: float, b: float) -> float:

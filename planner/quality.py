@@ -52,7 +52,8 @@ class QualityConfig:
     """Seed of pair sampling, window subsampling and action shuffling."""
     mlp_probe: bool = False
     """Also fit an MLP probe (planner.metrics.mlp_probe_r2, about a minute on one CPU core): is the task
-    state in the latent at all, linearly or not."""
+    state in the latent at all, linearly or not; and read the k-step imagination through it in the task's
+    units (`imagination`: metres of block and end-effector error, planner.metrics.imagination_error)."""
 
 
 def split_indices(store_indices: list[int], config: dict) -> tuple[list[int], list[int], str]:
@@ -117,9 +118,12 @@ def quality_report(model, encoded_val: M.EncodedEpisodes, encoded_train: M.Encod
         targets["proprio"] = (np.concatenate(probe_train.proprio), np.concatenate(probe_test.proprio))
     probes = {name: M.linear_probe_r2(z_train, tr, z_test, te).to_dict()
               for name, (tr, te) in targets.items()}
+    imagination = None
     if cfg.mlp_probe:
-        probes.update({f"{name} (MLP)": M.mlp_probe_r2(z_train, tr, z_test, te, seed=cfg.seed).to_dict()
+        fitted = {name: M.fit_mlp_probe(z_train, tr, seed=cfg.seed) for name, (tr, _) in targets.items()}
+        probes.update({f"{name} (MLP)": M.mlp_probe_r2(z_train, tr, z_test, te, probe=fitted[name]).to_dict()
                        for name, (tr, te) in targets.items()})
+        imagination = _imagination(model, probe_test, fitted, history_len, cfg)
     kstep = M.kstep_prediction_error(model, encoded_val, history_len, k_max=cfg.k_max, device=cfg.device,
                                      batch_size=cfg.batch_size, seed=cfg.seed)
     in_energy = M.in_energy_space(model, encoded_val)  # the distance the planner uses
@@ -131,12 +135,27 @@ def quality_report(model, encoded_val: M.EncodedEpisodes, encoded_train: M.Encod
         "kstep": kstep.to_dict(),
         "energy": energy.to_dict(),
     }
+    if imagination is not None:
+        report["imagination"] = imagination.to_dict()
     try:
         report["goal_threshold"] = M.calibrate_goal_energy_threshold(
             in_energy, success_threshold, seed=cfg.seed).to_dict()
     except ValueError as e:  # too few close pairs in this data: report why instead of a number
         report["goal_threshold"] = {"error": str(e)}
     return report, energy
+
+
+def _imagination(model, encoded: M.EncodedEpisodes, fitted: dict[str, M.MLPProbe], history_len: int,
+                 cfg: QualityConfig) -> M.ImaginationError:
+    """The k-step imagination read through the MLP probes: the task state (all its columns) and, where the
+    episodes carry proprio, the end effector (proprio[:, :3]: position in metres in our arm envs)."""
+    probes = {"task_state": (fitted["task_state"], slice(None))}
+    states = {"task_state": encoded.task_states}
+    if "proprio" in fitted and encoded.proprio[0].shape[1] >= 3:
+        probes["proprio[:3]"] = (fitted["proprio"], slice(0, 3))
+        states["proprio[:3]"] = [p[:, :3] for p in encoded.proprio]
+    return M.imagination_error(model, encoded, probes, states, history_len, k_max=cfg.k_max,
+                               device=cfg.device, batch_size=cfg.batch_size)
 
 
 def _episode_range(enc: M.EncodedEpisodes, start: int, stop: int | None) -> M.EncodedEpisodes:
@@ -169,6 +188,10 @@ def format_table(report: dict) -> str:
     flat = e["goal_flat_ranges"] if e.get("goal_flat_ranges") is not None else e["flat_ranges"]
     which = "goal pairs" if e.get("goal_flat_ranges") is not None else "state pairs"
     rows.append((f"flat ranges [m] ({which})", ", ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in flat) or "none"))
+    for name, med in report.get("imagination", {}).get("median", {}).items():
+        im = report["imagination"]
+        rows.append((f"imagined {name}, median", "  ".join(f"{v:6.4f}" for v in med)
+                     + f"  (probe floor {im['probe_floor'][name]:.4f})"))
     g = report["goal_threshold"]
     rows.append(("goal threshold", g["error"] if "error" in g else
                  f"{g['threshold']:.4g} (accepts {g['boundary_accept']:.0%} of {g['n_band']} near-miss "

@@ -134,6 +134,34 @@ def test_kstep_needs_long_enough_episodes():
         M.kstep_prediction_error(LinearDynamics(b), enc, history_len=2, k_max=5)
 
 
+def test_imagination_error_reads_rollouts_in_the_states_units():
+    """Task state = first 2 latent dims (linear): a perfect predictor imagines it within the probe's noise,
+    copy-last is off by about how far the state moves in k steps, growing with k; moving windows are
+    counted; a fitted probe reproduces its R^2 and reapplies identically."""
+    enc, b = linear_episodes(n_eps=12)
+    z_tr = torch.cat(enc.latents[:8])
+    s_tr = np.concatenate(enc.task_states[:8])
+    probe = M.fit_mlp_probe(z_tr, s_tr, steps=1500)
+    np.testing.assert_array_equal(probe(enc.latents[9]), probe(enc.latents[9].numpy()))
+    test = M.EncodedEpisodes(enc.latents[8:], enc.actions[8:], enc.task_states[8:])
+    probes, states = {"task_state": (probe, slice(None))}, {"task_state": test.task_states}
+    good = M.imagination_error(LinearDynamics(b), test, probes, states, history_len=2, k_max=4)
+    copy = M.imagination_error(LinearDynamics(b, copy_last=True), test, probes, states, history_len=2, k_max=4)
+    assert good.k == [1, 2, 3, 4] and good.n_windows == 4 * (30 - 4 - 1 + 1) == copy.n_windows
+    assert good.n_moving == good.n_windows  # every window moves: random actions, exact dynamics
+    floor = good.probe_floor["task_state"]
+    assert max(good.median["task_state"]) < 2 * floor + 1e-3
+    assert copy.median["task_state"][0] > 5 * max(good.median["task_state"])
+    assert np.all(np.diff(copy.median["task_state"]) > 0) and copy.p90["task_state"][0] > copy.median[
+        "task_state"][0]
+    r2 = M.mlp_probe_r2(z_tr, s_tr, test.all_latents(), test.all_task_states(), probe=probe)
+    assert r2.mean_r2 > 0.95
+    with pytest.raises(ValueError, match="same quantities"):
+        M.imagination_error(LinearDynamics(b), test, probes, {}, history_len=2, k_max=4)
+    with pytest.raises(ValueError, match="no window"):
+        M.imagination_error(LinearDynamics(b), test, probes, states, history_len=2, k_max=40)
+
+
 # -- energy shape --------------------------------------------------------------------------------------------
 
 
@@ -308,6 +336,10 @@ def test_quality_cli_on_real_model_checkpoint_and_store(tmp_path, capsys):
     k = rep["kstep"]
     assert k["k"] == [1, 2, 3, 4, 5] and k["n_windows"] == 4 * (STEPS - 5)
     assert all(c > 0 for c in k["copy_last_error"]) and all(r > 0 for r in k["ratio"])
+    im = rep["imagination"]  # proprio dim 3 >= 3: the end effector is read too
+    assert set(im["median"]) == {"task_state", "proprio[:3]"} and im["k"] == [1, 2, 3, 4, 5]
+    assert im["n_windows"] == k["n_windows"] and all(v >= 0 for v in im["median"]["task_state"])
+    assert "imagined task_state, median" in printed
     assert all(-1 <= v <= 1 for v in rep["energy"]["spearman"].values())
     assert set(rep["energy"]["spearman"]) == {"within", "across", "all", "goal"}
     assert "threshold" in rep["goal_threshold"] or "error" in rep["goal_threshold"]
