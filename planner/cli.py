@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "import": ("planner.importers", "ImportConfig"),  # module name differs: `import` is a keyword
     "export": ("planner.export", "ExportConfig"),
     "train": ("planner.train", "TrainConfig"),
+    "refit-predictor": ("planner.refit_predictor", "RefitConfig"),
     "calibrate": ("planner.calibrate", "CalibrateConfig"),
     "train-baseline": ("planner.train_baselines", "BaselineTrainConfig"),
     "eval": ("planner.evaluate", "EvalConfig"),

@@ -245,6 +245,15 @@ class WorldModel(nn.Module):
                 f"got images {tuple(images.shape)} actions {tuple(actions.shape)}"
             )
         z = self.encoder(images.flatten(0, 1)).view(b, t, -1)
+        return {"z": z, **self.predict_windows(z, actions, rollout_steps)}
+
+    def predict_windows(self, z: torch.Tensor, actions: torch.Tensor,
+                        rollout_steps: int) -> dict[str, torch.Tensor]:
+        """The predictor's half of `forward`, from latents z [B,T,D] and actions [B,T-1,A]: teacher-forced
+        predictions tf [B,T-K,D] of frames K..T-1 and open-loop predictions roll [B,R,D] of frames
+        K..K+R-1 (also what `planner refit-predictor` trains on frozen latents)."""
+        b, t = z.shape[:2]
+        k = self.cfg.history_len
         # teacher forcing: all windows of K true latents, batched
         z_win = z.unfold(1, k, 1)[:, : t - k].permute(0, 1, 3, 2)  # [B,T-K,K,D]
         a_win = actions.unfold(1, k, 1)[:, : t - k].permute(0, 1, 3, 2)  # [B,T-K,K,A]
@@ -256,7 +265,7 @@ class WorldModel(nn.Module):
             zn = self.predictor(zs, actions[:, r : r + k])
             roll.append(zn)
             zs = torch.cat([zs[:, 1:], zn.unsqueeze(1)], dim=1)
-        return {"z": z, "tf": tf, "roll": torch.stack(roll, dim=1) if roll else z[:, :0]}
+        return {"tf": tf, "roll": torch.stack(roll, dim=1) if roll else z[:, :0]}
 
 
 # ----------------------------------------------------------------------------------------------------------

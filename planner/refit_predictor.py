@@ -1,0 +1,281 @@
+"""`planner refit-predictor`: train a JEPA checkpoint's action-conditioned predictor again, on its frozen
+encoder's latents (a second stage, as V-JEPA 2-AC trains its predictor on a frozen encoder).
+
+Why (docs/MODEL.md, "Predictor refit"): joint training spends its steps on the encoder and keeps the
+predictor small; with the encoder frozen, the latents of a whole store are computed once and the
+predictor trains on them at hundreds of windows per step, with an open-loop loss over the planning
+horizon, without any collapse risk. The encoder, the energy head and the goal-energy calibration are the
+source checkpoint's, unchanged (they depend on the encoder only); the surprise calibration, which depends on
+the predictor, is dropped (rerun `planner surprise --save-calibration`).
+
+Data flow: store episodes -> frozen encoder -> latents [sum_i (T_i+1), D] in memory (4 D bytes per frame) ->
+windows of K + R latents and K + R - 1 actions -> teacher-forced + R-step open-loop MSE
+(WorldModel.predict_windows + jepa_loss without a regularizer) -> AdamW, warmup + cosine.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planner import metrics as M
+
+STATE_FILE = "refit_state.pt"
+
+
+class RefitError(ValueError):
+    """A refit that cannot run as asked (message says what to change)."""
+
+
+@dataclass
+class RefitConfig:
+    """Train a JEPA checkpoint's predictor again on its frozen encoder's latents; write a new checkpoint."""
+
+    checkpoint: Path
+    """Source checkpoint (a `jepa` model): its encoder, energy head and goal calibration are kept."""
+    data: Path
+    """Trajectory store to train on: the one the checkpoint was trained on (its held-out episodes, recorded
+    in config.json, stay held out)."""
+    out: Path
+    """Checkpoint directory to write (atomically)."""
+    steps: int = 6000
+    """Optimizer steps."""
+    rollout_steps: int = 15
+    """R: open-loop steps of the rollout loss (15 = the default planning horizon)."""
+    batch_size: int = 256
+    """Windows per step."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear warmup steps before the cosine decay."""
+    min_lr_ratio: float = 0.05
+    """The cosine decays to lr * this at the last step."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    init: str = "checkpoint"
+    """`checkpoint`: start from the source predictor; `fresh`: a new, seeded predictor (needed to change
+    its size)."""
+    pred_hidden: int | None = None
+    """Predictor width (fresh only; None: the source's)."""
+    pred_blocks: int | None = None
+    """Predictor residual blocks (fresh only; None: the source's)."""
+    val_every: int = 1000
+    """Held-out k-step error every this many steps (0: only at the end)."""
+    save_every: int = 500
+    """Save the refit state (for --resume) every this many steps."""
+    log_dir: Path | None = None
+    """Where refit_state.pt and refit_log.csv go (default: runs/<out name>-refit)."""
+    resume: bool = False
+    """Continue from log_dir's refit_state.pt (same flags)."""
+    stop_at: int | None = None
+    """Stop (saving the refit state, no checkpoint) at this step; finish later with --resume."""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Torch device."""
+    threads: int = 1
+    """torch CPU threads."""
+    seed: int = 0
+    """Seed of the fresh predictor and of window sampling."""
+    progress: bool = True
+    """Show tqdm progress."""
+
+
+@dataclass
+class LatentWindows:
+    """Latents of whole episodes, concatenated: z [F,D] and actions [F,A] (row f = the action taken at frame
+    f; an episode's last row is zero and never used), and the first frame f of every window of `length`
+    frames (K + R) that lies inside one episode."""
+
+    z: torch.Tensor
+    actions: torch.Tensor
+    starts: torch.Tensor
+    length: int
+
+    @classmethod
+    def from_encoded(cls, enc: M.EncodedEpisodes, length: int) -> LatentWindows:
+        z, acts, starts, offset = [], [], [], 0
+        for lat, act in zip(enc.latents, enc.actions, strict=True):
+            n = lat.shape[0]
+            z.append(lat)
+            acts.append(torch.cat([act, act.new_zeros(1, act.shape[1])]))
+            starts.append(torch.arange(offset, offset + max(0, n - length + 1)))
+            offset += n
+        starts = torch.cat(starts)
+        if len(starts) == 0:
+            raise RefitError(f"no episode has {length} frames (history + --rollout-steps): lower "
+                             "--rollout-steps")
+        return cls(z=torch.cat(z), actions=torch.cat(acts), starts=starts, length=length)
+
+    def batch(self, rng: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (z [B,L,D], actions [B,L-1,A]) of `size` windows drawn uniformly (with replacement)."""
+        first = self.starts[torch.randint(len(self.starts), (size,), generator=rng)]
+        idx = first[:, None] + torch.arange(self.length)
+        return self.z[idx], self.actions[idx[:, :-1]]
+
+
+def _check(cfg: RefitConfig) -> None:
+    if cfg.steps < 1 or cfg.rollout_steps < 1 or cfg.batch_size < 1:
+        raise RefitError(f"--steps, --rollout-steps and --batch-size must be >= 1, got {cfg.steps}, "
+                         f"{cfg.rollout_steps}, {cfg.batch_size}")
+    if cfg.init not in ("checkpoint", "fresh"):
+        raise RefitError(f"--init must be checkpoint or fresh, got {cfg.init!r}")
+    if cfg.init == "checkpoint" and (cfg.pred_hidden is not None or cfg.pred_blocks is not None):
+        raise RefitError("--pred-hidden / --pred-blocks change the predictor's shape: use --init fresh")
+    if not (cfg.lr > 0 and cfg.grad_clip > 0 and 0 <= cfg.min_lr_ratio <= 1):
+        raise RefitError(f"need --lr > 0, --grad-clip > 0 and --min-lr-ratio in [0, 1], got {cfg.lr}, "
+                         f"{cfg.grad_clip}, {cfg.min_lr_ratio}")
+    if cfg.stop_at is not None and not 1 <= cfg.stop_at <= cfg.steps:
+        raise RefitError(f"--stop-at must be in 1..--steps ({cfg.steps}), got {cfg.stop_at}")
+    if cfg.val_every < 0 or cfg.save_every < 1:
+        raise RefitError(f"--val-every must be >= 0 and --save-every >= 1, got {cfg.val_every}, "
+                         f"{cfg.save_every}")
+
+
+def _kstep(model, enc: M.EncodedEpisodes, k_max: int, device) -> dict:
+    """Held-out k-step ratio to copy-last at k = 1, 5 and k_max (all windows)."""
+    r = M.kstep_prediction_error(model, enc, model.history_len, k_max=k_max, device=device, max_windows=None)
+    ks = sorted({1, min(5, k_max), k_max})
+    return {f"kstep_ratio_k{k}": r.ratio[k - 1] for k in ks} | {"n_windows": r.n_windows}
+
+
+def run(cfg: RefitConfig) -> Path | None:
+    """Encode, refit, validate, write the checkpoint; returns its path (None when stopped by --stop-at)."""
+    from tqdm import tqdm
+
+    from planner import checkpoint
+    from planner.quality import split_indices
+    from planner.store import TrajectoryStore
+    from planner.train import CsvLog, load_state, lr_at, save_state, training_time
+    from planner.world_model import ObjectiveConfig, Predictor, WorldModel, jepa_loss
+
+    _check(cfg)
+    torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    loaded = checkpoint.load(cfg.checkpoint, device=device)
+    model = loaded.model
+    if not isinstance(model, WorldModel):
+        raise RefitError(f"{cfg.checkpoint}: model_type {loaded.config['model_type']!r} has no latent "
+                         "predictor to refit (a `jepa` checkpoint is needed)")
+    store = TrajectoryStore.open(cfg.data)
+    if store.meta.image_size != model.cfg.image_size or store.meta.action_dim != model.cfg.action_dim:
+        raise RefitError(f"store {cfg.data} ({store.meta.image_size}px, action dim {store.meta.action_dim}) "
+                         f"does not match {cfg.checkpoint} ({model.cfg.image_size}px, action dim "
+                         f"{model.cfg.action_dim}): use the store it was trained on")
+    train_idx, val_idx, val_source = split_indices(store.indices(), loaded.config)
+    k, r = model.history_len, cfg.rollout_steps
+    model.eval().requires_grad_(False)
+
+    def encode(indices: list[int], what: str) -> M.EncodedEpisodes:
+        eps = tqdm(store.iter_episodes(indices), total=len(indices), desc=f"encode {what}", unit="ep",
+                   disable=not cfg.progress)
+        return M.encode_episodes(model, eps, device=device)
+
+    enc_train, enc_val = encode(train_idx, "train"), encode(val_idx, "validation")
+    windows = LatentWindows.from_encoded(enc_train, k + r)
+    k_val = min(r, min(len(z) for z in enc_val.latents) - k)
+    if k_val < 1:
+        raise RefitError(f"validation episodes are shorter than the history ({k} frames) + 1")
+    before = _kstep(model, enc_val, k_val, device)
+
+    arch = replace(model.cfg, pred_hidden=cfg.pred_hidden or model.cfg.pred_hidden,
+                   pred_blocks=cfg.pred_blocks or model.cfg.pred_blocks)
+    torch.manual_seed(cfg.seed)
+    predictor = copy.deepcopy(model.predictor) if cfg.init == "checkpoint" else Predictor(arch)
+    predictor = predictor.to(device).requires_grad_(True).train()
+    model.predictor, model.cfg = predictor, arch
+    opt = torch.optim.AdamW(predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    log_dir = Path(cfg.log_dir) if cfg.log_dir is not None else Path("runs") / f"{Path(cfg.out).name}-refit"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    state_path = log_dir / STATE_FILE
+    start = load_state(state_path, predictor, None, opt, cfg) if cfg.resume else 0
+    log = CsvLog(log_dir / "refit_log.csv", start if cfg.resume else None)
+    objective = ObjectiveConfig(rollout_steps=r, regularizer="none", temporal_weight=0.0)
+    rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
+    bar = tqdm(total=end, initial=start, desc="refit predictor", unit="step", disable=not cfg.progress)
+    t_last = time.perf_counter()
+    for step in range(start, end):
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        z, a = windows.batch(rng, cfg.batch_size)
+        out = {"z": z.to(device), **model.predict_windows(z.to(device), a.to(device), r)}
+        loss, parts = jepa_loss(out, objective, k, rng)
+        if not np.isfinite(parts["loss"]):
+            raise RefitError(f"loss became {parts['loss']} at step {step}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(predictor.parameters(), cfg.grad_clip))
+        opt.step()
+        now = time.perf_counter()
+        log.write({"step": step, "lr": lr, **parts, "grad_norm": grad_norm, "sec_per_step": now - t_last})
+        t_last = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        done = step + 1
+        if cfg.val_every and done % cfg.val_every == 0 and done < cfg.steps:
+            predictor.eval()
+            bar.write(f"step {done}: held-out {_kstep(model, enc_val, k_val, device)}")
+            predictor.train()
+        if done % cfg.save_every == 0 or done == end:
+            save_state(state_path, done, predictor, None, opt, cfg)
+            rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + done)  # resume draws the same windows
+    bar.close()
+    if end < cfg.steps:
+        print(f"stopped at step {end} (--stop-at); state in {state_path}; finish with --resume")
+        return None
+    predictor.eval().requires_grad_(False)
+    after = _kstep(model, enc_val, k_val, device)
+    timing = training_time(log_dir / "refit_log.csv", device, cfg.threads)
+    path = _write(cfg, model, loaded, before, after, timing, val_source, len(windows.starts))
+    print(f"wrote {path} ({checkpoint.checkpoint_name(path)}); held-out k-step error / copy-last: "
+          f"{_before_after(before, after)}")
+    return path
+
+
+def _before_after(before: dict, after: dict) -> str:
+    """'k=1 0.0400 -> 0.0370, ...' from two _kstep results."""
+    return ", ".join(f"k={key.rsplit('k', 1)[1]} {before[key]:.4f} -> {after[key]:.4f}"
+                     for key in after if key != "n_windows")
+
+
+def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: dict, val_source: str,
+           n_windows: int) -> Path:
+    """The source config with the new predictor's record; the surprise calibration (predictor-dependent)
+    is dropped, the k-step metrics are replaced by the refit predictor's."""
+    from planner import checkpoint
+
+    from_cli = len(sys.argv) > 1 and sys.argv[1] == "refit-predictor"
+    command = shlex.join(["planner", "refit-predictor", *sys.argv[2:]]) if from_cli else ""
+    drop = {"format_version", "model_type", "architecture", "weights_sha256", "surprise"}
+    config = {key: v for key, v in loaded.config.items() if key not in drop}
+    metrics = {key: v for key, v in config.get("metrics", {}).items()
+               if not key.startswith(("kstep_ratio_", "action_sensitivity_"))}
+    config["metrics"] = metrics | {key: v for key, v in after.items() if key != "n_windows"}
+    config["predictor_refit"] = {
+        "source": loaded.name,
+        "data": str(cfg.data),
+        "train_windows": n_windows,
+        "validation": val_source,
+        "config": {key: str(v) if isinstance(v, Path) else v for key, v in cfg.__dict__.items()},
+        "time": timing,
+        "heldout_before": before,
+        "heldout_after": after,
+    }
+    config["commands"] = [*config.get("commands", []), *([command] if command else [])]
+    tail = (f"\n## Predictor refit\n\nThe predictor was trained again for {cfg.steps} steps on the frozen "
+            f"encoder's latents of `{cfg.data}` (`planner refit-predictor`, {cfg.rollout_steps}-step "
+            f"open-loop loss, init {cfg.init}; {timing['step_seconds'] / 60:.1f} min on {timing['device']}); "
+            "encoder, "
+            f"energy head and goal calibration are `{loaded.name}`'s. Held-out k-step error / copy-last: "
+            f"{_before_after(before, after)}.\n")
+    checkpoint.save(cfg.out, model, config, card_tail=tail)
+    return Path(cfg.out)

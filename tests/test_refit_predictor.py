@@ -1,0 +1,110 @@
+"""planner refit-predictor: the predictor trains again on frozen latents; the rest of the checkpoint stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from planner import checkpoint
+from planner.refit_predictor import LatentWindows, RefitConfig, RefitError, run
+from planner.train import run as train_run
+from tests.test_train import make_store, tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """(store, checkpoint) of a tiny world model trained 20 steps on the synthetic dot store."""
+    tmp = tmp_path_factory.mktemp("refit")
+    store = make_store(tmp / "store")
+    torch.manual_seed(0)
+    return store, train_run(tiny_cfg(store, tmp))
+
+
+def refit_cfg(store: Path, ckpt: Path, tmp: Path, **kw) -> RefitConfig:
+    base = dict(checkpoint=ckpt, data=store, out=tmp / "refit", log_dir=tmp / "log", steps=60,
+                rollout_steps=4, batch_size=32, lr=3e-3, warmup_steps=5, val_every=0, save_every=20,
+                device="cpu", progress=False)
+    base.update(kw)
+    return RefitConfig(**base)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_refit_keeps_encoder_head_and_calibration_and_lowers_heldout_error(source, tmp_path):
+    store, ckpt = source
+    out = run(refit_cfg(store, ckpt, tmp_path))
+    old, new = weights(ckpt), weights(out)
+    for key in old:
+        same = torch.equal(old[key], new[key])
+        assert same != key.startswith("predictor."), key  # only the predictor changed
+    src, cfg = checkpoint.read_config(ckpt), checkpoint.read_config(out)
+    assert cfg["goal_energy_threshold"] == src["goal_energy_threshold"]
+    assert cfg["architecture"] == src["architecture"] and "surprise" not in cfg
+    rec = cfg["predictor_refit"]
+    assert rec["source"] == checkpoint.checkpoint_name(ckpt) and rec["train_windows"] > 0
+    before, after = rec["heldout_before"], rec["heldout_after"]
+    assert set(before) == {"kstep_ratio_k1", "kstep_ratio_k4", "n_windows"}
+    assert after["kstep_ratio_k4"] < before["kstep_ratio_k4"]  # 60 more steps on the predictor alone
+    assert cfg["metrics"]["kstep_ratio_k4"] == after["kstep_ratio_k4"]
+    assert "Predictor refit" in (out / "card.md").read_text()
+    loaded = checkpoint.load(out)
+    z = torch.zeros(3, 2, 16)
+    assert loaded.model.predict(z, torch.zeros(3, 2, 2)).shape == (3, 16)
+
+
+def test_fresh_predictor_of_another_size_and_bad_requests(source, tmp_path):
+    store, ckpt = source
+    out = run(refit_cfg(store, ckpt, tmp_path, init="fresh", pred_hidden=32, pred_blocks=2, steps=10))
+    arch = checkpoint.read_config(out)["architecture"]
+    assert (arch["pred_hidden"], arch["pred_blocks"]) == (32, 2)
+    assert checkpoint.load(out).model.predictor.blocks[1].fc1.in_features == 32
+    with pytest.raises(RefitError, match="--init fresh"):
+        run(refit_cfg(store, ckpt, tmp_path, pred_hidden=32))
+    with pytest.raises(RefitError, match="lower --rollout-steps"):
+        run(refit_cfg(store, ckpt, tmp_path, rollout_steps=200))
+    with pytest.raises(RefitError, match="--stop-at"):
+        run(refit_cfg(store, ckpt, tmp_path, stop_at=0))
+
+
+def test_stop_and_resume_equals_one_run(source, tmp_path):
+    store, ckpt = source
+    whole = run(refit_cfg(store, ckpt, tmp_path / "a", out=tmp_path / "a" / "out"))
+    assert run(refit_cfg(store, ckpt, tmp_path / "b", out=tmp_path / "b" / "out", stop_at=40)) is None
+    assert not (tmp_path / "b" / "out").exists()
+    resumed = run(refit_cfg(store, ckpt, tmp_path / "b", out=tmp_path / "b" / "out", resume=True))
+    a, b = weights(whole), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "b" / "log" / "refit_log.csv").read_text().splitlines()
+    assert len(rows) == 1 + 60  # header + one row per step, no duplicates from the resumed segment
+
+
+def test_latent_windows_stay_inside_episodes():
+    from planner.metrics import EncodedEpisodes
+
+    lat = [torch.arange(6.0)[:, None].repeat(1, 2), 10 + torch.arange(4.0)[:, None].repeat(1, 2)]
+    act = [torch.ones(5, 1), 2 * torch.ones(3, 1)]
+    w = LatentWindows.from_encoded(EncodedEpisodes(lat, act, [torch.zeros(6, 1).numpy(),
+                                                             torch.zeros(4, 1).numpy()]), length=4)
+    assert w.starts.tolist() == [0, 1, 2, 6]  # episode 0: 3 windows of 4 in 6 frames; episode 1: one
+    z, a = w.batch(torch.Generator().manual_seed(0), 64)
+    assert z.shape == (64, 4, 2) and a.shape == (64, 3, 1)
+    first = z[:, 0, 0]
+    assert torch.equal(z[:, :, 0] - first[:, None], torch.arange(4.0).expand(64, 4))  # consecutive frames
+    assert torch.equal(a[:, :, 0], torch.where(first >= 10, 2.0, 1.0)[:, None].expand(64, 3))
+    with pytest.raises(RefitError, match="--rollout-steps"):
+        LatentWindows.from_encoded(EncodedEpisodes(lat, act, [torch.zeros(6, 1).numpy(),
+                                                               torch.zeros(4, 1).numpy()]), length=7)
+
+
+def test_cli_refuses_a_model_without_a_predictor(tmp_path, capsys):
+    from planner.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["refit-predictor", "--checkpoint", str(tmp_path / "missing"), "--data", str(tmp_path),
+              "--out", str(tmp_path / "o")])
+    assert "refit-predictor: error" in capsys.readouterr().err
