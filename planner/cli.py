@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("planner.export", "ExportConfig"),
     "train": ("planner.train", "TrainConfig"),
     "refit-predictor": ("planner.refit_predictor", "RefitConfig"),
+    "fit-energy-head": ("planner.fit_energy_head", "FitEnergyHeadConfig"),
     "calibrate": ("planner.calibrate", "CalibrateConfig"),
     "train-baseline": ("planner.train_baselines", "BaselineTrainConfig"),
     "eval": ("planner.evaluate", "EvalConfig"),

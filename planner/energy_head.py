@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+KINDS = ("reachability", "state")
+
 
 @dataclass(frozen=True)
 class EnergyHeadConfig:
@@ -49,8 +51,21 @@ class EnergyHeadConfig:
     """Allowed mean squared excess of transition distances over 1 (the constraint's tolerance)."""
     seed: int = 0
     """Seed of the pair sampling and the head's initialisation."""
+    kind: str = "reachability"
+    """`reachability`: the self-supervised steps-to-goal distance above; `state`: a supervised readout of
+    the recorded state (`fit_state_head`), so the energy is a distance in the state's units (metres in our
+    arm envs). `state` needs stores that record proprio and task state (ours do; most real data has no
+    task state) and ignores dim, saturation, slack and multiplier_lr."""
+    state_proprio_dims: int = 4
+    """state kind: leading proprio columns read (4 = end effector xyz + gripper opening in our arm envs)."""
+    state_weights: tuple[float, float] = (1.0, 1.0)
+    """state kind: weights of the proprio part and of the task-state part in the distance."""
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"energy head kind must be one of {KINDS}, got {self.kind!r}")
+        if self.state_proprio_dims < 0 or len(self.state_weights) != 2 or min(self.state_weights) < 0:
+            raise ValueError("state head needs state_proprio_dims >= 0 and two weights >= 0")
         if self.dim < 1 or self.hidden < 1 or self.steps < 1 or self.batch_size < 2:
             raise ValueError("energy head needs dim, hidden, steps >= 1 and batch_size >= 2")
         if self.saturation <= 1 or self.slack <= 0 or self.lr <= 0 or self.multiplier_lr <= 0:
@@ -137,3 +152,65 @@ def fit_energy_head(
     fit = EnergyHeadFit(float(d_trans.detach().mean()), float(d_rand.detach().mean()),
                         float(F.softplus(raw_multiplier.detach())), float(violation.detach()))
     return head, fit
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The state kind: a supervised readout
+
+
+def state_targets(proprio, task_state, cfg: EnergyHeadConfig) -> torch.Tensor:
+    """proprio [T, P] (or None when state_proprio_dims is 0), task_state [T, K] -> float32 [T, P' + K]: the
+    first P' = state_proprio_dims proprio columns and the task state, each part times its weight."""
+    w_p, w_t = cfg.state_weights
+    parts = [torch.as_tensor(task_state, dtype=torch.float32) * w_t]
+    if cfg.state_proprio_dims:
+        if proprio is None or proprio.shape[1] < cfg.state_proprio_dims:
+            raise ValueError(f"the state energy head reads {cfg.state_proprio_dims} proprio columns; these "
+                             f"episodes have {None if proprio is None else proprio.shape[1]}")
+        parts.insert(0, torch.as_tensor(proprio[:, :cfg.state_proprio_dims], dtype=torch.float32) * w_p)
+    return torch.cat(parts, dim=1)
+
+
+@dataclass
+class StateHeadFit:
+    """Fit diagnostics of a state head: median absolute readout error per target column (weighted units)
+    and its mean, on the fit data."""
+
+    median_error: list[float]
+    mean_median_error: float
+
+
+def fit_state_head(latents: torch.Tensor, targets: torch.Tensor, cfg: EnergyHeadConfig, device="cpu",
+                   progress: bool = True) -> tuple[EnergyHead, StateHeadFit]:
+    """Regress targets [N, C] (state_targets) from latents [N, D] with an EnergyHead-shaped MLP (MSE on
+    standardized inputs and outputs, Adam, seeded); the standardization is folded into the first and last
+    layers, so head(z) reads the state directly and ||head(z) - head(g)|| is a distance in its units."""
+    from tqdm import trange
+
+    z = latents.to(device=device, dtype=torch.float32)
+    y = targets.to(device=device, dtype=torch.float32)
+    if z.ndim != 2 or y.ndim != 2 or len(z) != len(y) or len(z) < 2:
+        raise ValueError(f"state head needs latents [N, D] and targets [N, C] with N >= 2, got "
+                         f"{tuple(z.shape)} and {tuple(y.shape)}")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_mu, x_sd = z.mean(0), z.std(0).clamp_min(1e-6)
+    y_mu, y_sd = y.mean(0), y.std(0).clamp_min(1e-6)
+    x, t = (z - x_mu) / x_sd, (y - y_mu) / y_sd
+    head = EnergyHead(z.shape[1], y.shape[1], cfg.hidden).to(device)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    for _ in trange(cfg.steps, desc="state head", disable=not progress, leave=False):
+        i = torch.randint(len(x), (min(cfg.batch_size, len(x)),), generator=gen).to(device)
+        loss = (head(x[i]) - t[i]).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        first, last = head.net[0], head.net[-1]
+        first.bias -= (first.weight / x_sd) @ x_mu
+        first.weight /= x_sd
+        last.weight *= y_sd[:, None]
+        last.bias.mul_(y_sd).add_(y_mu)
+        err = (head(z) - y).abs().median(0).values.cpu()
+    head.eval()
+    return head, StateHeadFit(median_error=err.tolist(), mean_median_error=float(err.mean()))

@@ -28,7 +28,7 @@ from torch import nn
 
 from planner import checkpoint
 from planner.data import WindowDataset, WindowSpec, episode_lengths, split_episodes
-from planner.energy_head import EnergyHeadConfig, fit_energy_head
+from planner.energy_head import EnergyHeadConfig, fit_energy_head, fit_state_head, state_targets
 from planner.metrics import (
     calibrate_goal_energy_threshold,
     collapse_stats,
@@ -331,10 +331,25 @@ def spread(indices: list[int], n: int) -> list[int]:
 def fit_head(model: WorldModel, store: TrajectoryStore, train_eps: list[int], cfg: TrainConfig,
              device: torch.device) -> dict:
     """Fit and attach the energy head on frozen latents of training episodes; returns fit diagnostics."""
+    return attach_fitted_head(model, store, spread(train_eps, cfg.energy_head_episodes), cfg.energy_head,
+                              device)
+
+
+def attach_fitted_head(model: WorldModel, store: TrajectoryStore, episodes: list[int],
+                       head_cfg: EnergyHeadConfig, device: torch.device, progress: bool = True) -> dict:
+    """Fit an energy head of `head_cfg.kind` on the frozen latents of these episodes (for `state`, with
+    their recorded proprio and task state as targets) and attach it; returns fit diagnostics."""
     model.eval()
     with torch.no_grad():
-        enc = encode_episodes(model, store.iter_episodes(spread(train_eps, cfg.energy_head_episodes)), device)
-    head, fit = fit_energy_head(enc.latents, cfg.model.latent_dim, cfg.energy_head, device=device)
+        enc = encode_episodes(model, store.iter_episodes(episodes), device)
+    if head_cfg.kind == "state":
+        proprio = enc.proprio or [None] * len(enc.latents)
+        targets = torch.cat([state_targets(p, t, head_cfg)
+                             for p, t in zip(proprio, enc.task_states, strict=True)])
+        head, fit = fit_state_head(enc.all_latents(), targets, head_cfg, device=device, progress=progress)
+    else:
+        head, fit = fit_energy_head(enc.latents, model.cfg.latent_dim, head_cfg, device=device,
+                                    progress=progress)
     model.attach_energy_head(head)
     return {f"energy_head_{k}": v for k, v in asdict(fit).items()}
 

@@ -67,3 +67,37 @@ def test_bad_inputs_are_clear_errors():
         fit_energy_head([torch.zeros(1, 8)], 8, EnergyHeadConfig(steps=1), progress=False)
     with pytest.raises(ValueError, match="saturation"):
         EnergyHeadConfig(saturation=0.5)
+
+
+def test_state_head_reads_the_state_in_its_units():
+    """Saturating RBF latents of a 2-D state: the state head's outputs are the state itself (standardization
+    folded into the layers), so its distance is the true distance; weights scale the parts; deterministic."""
+    import numpy as np
+
+    from planner.energy_head import fit_state_head, state_targets
+
+    torch.set_num_threads(1)
+    states, latents = random_walks(episodes=60, steps=50, seed=0)
+    s, z = torch.cat(states), torch.cat(latents)
+    cfg = EnergyHeadConfig(kind="state", hidden=64, steps=1500, batch_size=256, lr=3e-3, state_proprio_dims=1,
+                           state_weights=(1.0, 2.0))
+    proprio, task = s[:, :1].numpy(), s[:, 1:].numpy()
+    y = state_targets(proprio, task, cfg)
+    assert torch.equal(y, torch.cat([s[:, :1], 2 * s[:, 1:]], 1))
+    head, fit = fit_state_head(z, y, cfg, progress=False)
+    assert max(fit.median_error) < 0.05 and len(fit.median_error) == 2
+    with torch.no_grad():
+        out = head(z)
+    assert (out - y).abs().median() < 0.05  # readings in the state's (weighted) units, no rescaling needed
+    weighted = [torch.cat([st[:, :1], 2 * st[:, 1:]], 1) for st in states]
+    raw, learned = rank_correlations(head, weighted, latents)
+    assert learned > 0.95 and learned > raw
+    again, _ = fit_state_head(z, y, cfg, progress=False)
+    assert torch.equal(again(z[:5]), head(z[:5]))
+    with pytest.raises(ValueError, match="proprio columns"):
+        state_targets(None, task, cfg)
+    with pytest.raises(ValueError, match="kind"):
+        EnergyHeadConfig(kind="oracle")
+    with pytest.raises(ValueError, match="N >= 2"):
+        fit_state_head(z[:1], y[:1], cfg, progress=False)
+    assert np.isfinite(fit.mean_median_error)

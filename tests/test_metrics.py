@@ -146,7 +146,8 @@ def test_imagination_error_reads_rollouts_in_the_states_units():
     test = M.EncodedEpisodes(enc.latents[8:], enc.actions[8:], enc.task_states[8:])
     probes, states = {"task_state": (probe, slice(None))}, {"task_state": test.task_states}
     good = M.imagination_error(LinearDynamics(b), test, probes, states, history_len=2, k_max=4)
-    copy = M.imagination_error(LinearDynamics(b, copy_last=True), test, probes, states, history_len=2, k_max=4)
+    copy = M.imagination_error(LinearDynamics(b, copy_last=True), test, probes, states, history_len=2,
+                               k_max=4)
     assert good.k == [1, 2, 3, 4] and good.n_windows == 4 * (30 - 4 - 1 + 1) == copy.n_windows
     assert good.n_moving == good.n_windows  # every window moves: random actions, exact dynamics
     floor = good.probe_floor["task_state"]

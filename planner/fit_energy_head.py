@@ -1,0 +1,104 @@
+"""`planner fit-energy-head`: fit a checkpoint's energy head again (on its frozen latents) and recalibrate
+its goal-energy threshold; the encoder and the predictor are kept bit for bit.
+
+Use it to change the kind of planning distance without retraining the world model: `--energy-head.kind
+state` reads the recorded proprio and task state (a distance in metres in our arm envs; docs/MODEL.md,
+"The energy head"), `reachability` (the default of `planner train`) is the self-supervised steps-to-goal
+distance.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from planner.energy_head import EnergyHeadConfig
+
+
+@dataclass
+class FitEnergyHeadConfig:
+    """Fit a checkpoint's energy head again on its frozen latents; write a new, recalibrated checkpoint."""
+
+    checkpoint: Path
+    """Source checkpoint (a `jepa` model)."""
+    data: Path
+    """Trajectory store (the one the checkpoint was trained on: its held-out episodes stay out)."""
+    out: Path
+    """Checkpoint directory to write (atomically)."""
+    energy_head: EnergyHeadConfig = field(default_factory=EnergyHeadConfig)
+    """The head to fit (`--energy-head.kind state` for a state readout)."""
+    episodes: int = 2000
+    """Training episodes (spread over the split) the head is fitted on."""
+    margin: float = 0.5
+    """Goal threshold: calibrated for this fraction of the task's success distance (`planner calibrate`)."""
+    calibration_episodes: int = 200
+    """Training episodes the goal threshold is calibrated on."""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """Torch device."""
+    threads: int = 1
+    """torch CPU threads."""
+    progress: bool = True
+    """Show tqdm progress."""
+
+
+def run(cfg: FitEnergyHeadConfig) -> Path:
+    """Fit, attach, calibrate, write; returns the new checkpoint's path."""
+    from planner import checkpoint
+    from planner.quality import split_indices
+    from planner.store import TrajectoryStore
+    from planner.train import attach_fitted_head, calibrate_goal_threshold, spread
+    from planner.world_model import WorldModel
+
+    if not 0 < cfg.margin <= 1:
+        raise ValueError(f"--margin must be in (0, 1], got {cfg.margin}")
+    if cfg.episodes < 1 or cfg.calibration_episodes < 1:
+        raise ValueError(f"--episodes and --calibration-episodes must be >= 1, got {cfg.episodes}, "
+                         f"{cfg.calibration_episodes}")
+    torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    loaded = checkpoint.load(cfg.checkpoint, device=device)
+    model = loaded.model
+    if not isinstance(model, WorldModel):
+        raise ValueError(f"{cfg.checkpoint}: model_type {loaded.config['model_type']!r} has no energy head "
+                         "to fit (a `jepa` checkpoint is needed)")
+    store = TrajectoryStore.open(cfg.data)
+    if store.meta.image_size != model.cfg.image_size:
+        raise ValueError(f"store {cfg.data} holds {store.meta.image_size}px images, {cfg.checkpoint} expects "
+                         f"{model.cfg.image_size}px: use the store it was trained on")
+    calibration = loaded.config.get("goal_energy_calibration") or {}
+    success = calibration.get("task_success_threshold")
+    if success is None:
+        from planner.quality import task_success_threshold
+
+        success = task_success_threshold(store.meta.env_id, store.meta.env_kwargs)
+    train_idx, _, _ = split_indices(store.indices(), loaded.config)
+    fit = attach_fitted_head(model, store, spread(train_idx, cfg.episodes), cfg.energy_head, device,
+                             progress=cfg.progress)
+    threshold = calibrate_goal_threshold(model, store, spread(train_idx, cfg.calibration_episodes),
+                                         float(success), cfg.margin, device)
+    command = (shlex.join(["planner", "fit-energy-head", *sys.argv[2:]])
+               if sys.argv[1:2] == ["fit-energy-head"] else "")
+    drop = {"format_version", "model_type", "architecture", "weights_sha256"}
+    config = {key: v for key, v in loaded.config.items() if key not in drop}
+    metrics = {key: v for key, v in config.get("metrics", {}).items() if not key.startswith("energy_")}
+    config.update(
+        metrics=metrics | fit,
+        goal_energy_threshold=threshold["threshold"],
+        goal_energy_calibration=threshold,
+        energy_head_fit={"source": loaded.name, "data": str(cfg.data), "episodes": cfg.episodes,
+                         "config": asdict(cfg.energy_head)},
+        commands=[*config.get("commands", []), *([command] if command else [])],
+    )
+    tail = (f"\n## Energy head\n\nFitted again on the frozen latents of `{cfg.data}` by `planner "
+            f"fit-energy-head` (kind `{cfg.energy_head.kind}`); encoder and predictor are `{loaded.name}`'s. "
+            f"Goal threshold {threshold['threshold']:.4g} (margin {cfg.margin}, recall "
+            f"{threshold['recall']:.0%}, false accept {threshold['false_accept_rate']:.2%}).\n")
+    checkpoint.save(cfg.out, model, config, card_tail=tail)
+    print(f"wrote {cfg.out} ({checkpoint.checkpoint_name(cfg.out)}): {cfg.energy_head.kind} head, goal "
+          f"threshold {threshold['threshold']:.4g} (recall {threshold['recall']:.0%}, false accept "
+          f"{threshold['false_accept_rate']:.2%}); fit {fit}")
+    return Path(cfg.out)
