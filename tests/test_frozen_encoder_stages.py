@@ -1,4 +1,5 @@
-"""planner refit-predictor: the predictor trains again on frozen latents; the rest of the checkpoint stays."""
+"""Stages fitted on a checkpoint's frozen encoder: `planner refit-predictor` (the predictor trains again on
+frozen latents) and `planner fit-energy-head` (a new head, recalibrated); the rest of the checkpoint stays."""
 
 from __future__ import annotations
 
@@ -108,3 +109,33 @@ def test_cli_refuses_a_model_without_a_predictor(tmp_path, capsys):
         main(["refit-predictor", "--checkpoint", str(tmp_path / "missing"), "--data", str(tmp_path),
               "--out", str(tmp_path / "o")])
     assert "refit-predictor: error" in capsys.readouterr().err
+
+
+def test_fit_energy_head_state_kind_keeps_the_world_model_and_recalibrates(source, tmp_path, capsys):
+    from planner.cli import main
+
+    store, ckpt = source
+    out = tmp_path / "state"
+    main(["fit-energy-head", "--checkpoint", str(ckpt), "--data", str(store), "--out", str(out),
+          "--energy-head.kind", "state", "--energy-head.state-proprio-dims", "2",
+          "--energy-head.steps", "300", "--energy-head.hidden", "32", "--device", "cpu", "--no-progress"])
+    assert "state head" in capsys.readouterr().out
+    old, new = weights(ckpt), weights(out)
+    assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith("energy_head."))
+    cfg = checkpoint.read_config(out)
+    assert cfg["architecture"]["energy_head_dim"] == 4  # 2 proprio columns + 2 task-state columns
+    assert cfg["energy_head_fit"]["config"]["kind"] == "state"
+    assert "energy_head_median_error" in cfg["metrics"] and cfg["goal_energy_calibration"]["margin"] == 0.5
+    # the head reads the dot's position: the energy between two frames is about their distance (store units)
+    model = checkpoint.load(out).model
+    from planner.metrics import encode_images
+    from planner.store import TrajectoryStore
+
+    ep = TrajectoryStore.open(store).read(0)
+    with torch.no_grad():
+        m = model.energy_embed(encode_images(model, ep.images))
+    read = m[:, 2:].numpy()
+    assert abs(read - ep.task_state).mean() < abs(ep.task_state - ep.task_state.mean(0)).mean()
+    with pytest.raises(SystemExit):
+        main(["fit-energy-head", "--checkpoint", str(ckpt), "--data", str(store), "--out", str(out),
+              "--margin", "2"])
