@@ -61,6 +61,12 @@ class RefitConfig:
     """The cosine decays to lr * this at the last step."""
     grad_clip: float = 1.0
     """Gradient-norm clip."""
+    task_motion_fraction: float = 0.0
+    """Share of each batch drawn among the windows in which the recorded task state moves by more than
+    --task-motion-threshold in a step (the contact windows of the block tasks; `planner train`'s flag of
+    the same name). With the encoder frozen, weighting contact cannot cost the latent its block."""
+    task_motion_threshold: float = 0.002
+    """Task-state motion per step (store units: metres) that makes a window count as moving."""
     init: str = "checkpoint"
     """`checkpoint`: start from the source predictor; `fresh`: a new, seeded predictor (needed to change
     its size)."""
@@ -91,32 +97,46 @@ class RefitConfig:
 @dataclass
 class LatentWindows:
     """Latents of whole episodes, concatenated: z [F,D] and actions [F,A] (row f = the action taken at frame
-    f; an episode's last row is zero and never used), and the first frame f of every window of `length`
-    frames (K + R) that lies inside one episode."""
+    f; an episode's last row is zero and never used), the first frame f of every window of `length` frames
+    (K + R) that lies inside one episode, and those of the windows in which the task state moves."""
 
     z: torch.Tensor
     actions: torch.Tensor
     starts: torch.Tensor
+    moving_starts: torch.Tensor
     length: int
 
     @classmethod
-    def from_encoded(cls, enc: M.EncodedEpisodes, length: int) -> LatentWindows:
-        z, acts, starts, offset = [], [], [], 0
-        for lat, act in zip(enc.latents, enc.actions, strict=True):
+    def from_encoded(cls, enc: M.EncodedEpisodes, length: int, motion_threshold: float = 0.002
+                     ) -> LatentWindows:
+        from planner.data import moving_window_starts
+
+        z, acts, starts, moving, offset = [], [], [], [], 0
+        for lat, act, task in zip(enc.latents, enc.actions, enc.task_states, strict=True):
             n = lat.shape[0]
             z.append(lat)
             acts.append(torch.cat([act, act.new_zeros(1, act.shape[1])]))
-            starts.append(torch.arange(offset, offset + max(0, n - length + 1)))
+            first = torch.arange(offset, offset + max(0, n - length + 1))
+            starts.append(first)
+            if len(first):
+                moving.append(first[torch.from_numpy(moving_window_starts(task, length, motion_threshold))])
             offset += n
         starts = torch.cat(starts)
         if len(starts) == 0:
             raise RefitError(f"no episode has {length} frames (history + --rollout-steps): lower "
                              "--rollout-steps")
-        return cls(z=torch.cat(z), actions=torch.cat(acts), starts=starts, length=length)
+        return cls(z=torch.cat(z), actions=torch.cat(acts), starts=starts, moving_starts=torch.cat(moving),
+                   length=length)
 
-    def batch(self, rng: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (z [B,L,D], actions [B,L-1,A]) of `size` windows drawn uniformly (with replacement)."""
-        first = self.starts[torch.randint(len(self.starts), (size,), generator=rng)]
+    def batch(self, rng: torch.Generator, size: int, motion_fraction: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (z [B,L,D], actions [B,L-1,A]) of `size` windows drawn with replacement: round(motion_fraction
+        * size) among the moving windows (when there are any), the rest uniformly."""
+        n_moving = round(motion_fraction * size) if len(self.moving_starts) else 0
+        first = torch.cat([
+            self.moving_starts[torch.randint(len(self.moving_starts), (n_moving,), generator=rng)],
+            self.starts[torch.randint(len(self.starts), (size - n_moving,), generator=rng)],
+        ])
         idx = first[:, None] + torch.arange(self.length)
         return self.z[idx], self.actions[idx[:, :-1]]
 
@@ -125,6 +145,8 @@ def _check(cfg: RefitConfig) -> None:
     if cfg.steps < 1 or cfg.rollout_steps < 1 or cfg.batch_size < 1:
         raise RefitError(f"--steps, --rollout-steps and --batch-size must be >= 1, got {cfg.steps}, "
                          f"{cfg.rollout_steps}, {cfg.batch_size}")
+    if not 0.0 <= cfg.task_motion_fraction <= 1.0:
+        raise RefitError(f"--task-motion-fraction must be in [0, 1], got {cfg.task_motion_fraction}")
     if cfg.init not in ("checkpoint", "fresh"):
         raise RefitError(f"--init must be checkpoint or fresh, got {cfg.init!r}")
     if cfg.init == "checkpoint" and (cfg.pred_hidden is not None or cfg.pred_blocks is not None):
@@ -179,7 +201,7 @@ def run(cfg: RefitConfig) -> Path | None:
         return M.encode_episodes(model, eps, device=device)
 
     enc_train, enc_val = encode(train_idx, "train"), encode(val_idx, "validation")
-    windows = LatentWindows.from_encoded(enc_train, k + r)
+    windows = LatentWindows.from_encoded(enc_train, k + r, cfg.task_motion_threshold)
     k_val = min(r, min(len(z) for z in enc_val.latents) - k)
     if k_val < 1:
         raise RefitError(f"validation episodes are shorter than the history ({k} frames) + 1")
@@ -206,7 +228,7 @@ def run(cfg: RefitConfig) -> Path | None:
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        z, a = windows.batch(rng, cfg.batch_size)
+        z, a = windows.batch(rng, cfg.batch_size, cfg.task_motion_fraction)
         out = {"z": z.to(device), **model.predict_windows(z.to(device), a.to(device), r)}
         loss, parts = jepa_loss(out, objective, k, rng)
         if not np.isfinite(parts["loss"]):

@@ -89,9 +89,13 @@ def test_latent_windows_stay_inside_episodes():
 
     lat = [torch.arange(6.0)[:, None].repeat(1, 2), 10 + torch.arange(4.0)[:, None].repeat(1, 2)]
     act = [torch.ones(5, 1), 2 * torch.ones(3, 1)]
-    w = LatentWindows.from_encoded(EncodedEpisodes(lat, act, [torch.zeros(6, 1).numpy(),
-                                                             torch.zeros(4, 1).numpy()]), length=4)
+    task = [torch.zeros(6, 1).numpy(), torch.zeros(4, 1).numpy()]
+    task[0][5] = 1.0  # the task state moves in episode 0's last step: only its last window holds it
+    w = LatentWindows.from_encoded(EncodedEpisodes(lat, act, task), length=4)
     assert w.starts.tolist() == [0, 1, 2, 6]  # episode 0: 3 windows of 4 in 6 frames; episode 1: one
+    assert w.moving_starts.tolist() == [2]
+    zm, _ = w.batch(torch.Generator().manual_seed(0), 10, motion_fraction=0.5)
+    assert (zm[:, 0, 0] == 2.0).sum() >= 5  # half the batch from the one moving window
     z, a = w.batch(torch.Generator().manual_seed(0), 64)
     assert z.shape == (64, 4, 2) and a.shape == (64, 3, 1)
     first = z[:, 0, 0]
