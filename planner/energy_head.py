@@ -182,9 +182,11 @@ class StateHeadFit:
 
 def fit_state_head(latents: torch.Tensor, targets: torch.Tensor, cfg: EnergyHeadConfig, device="cpu",
                    progress: bool = True) -> tuple[EnergyHead, StateHeadFit]:
-    """Regress targets [N, C] (state_targets) from latents [N, D] with an EnergyHead-shaped MLP (MSE on
-    standardized inputs and outputs, Adam, seeded); the standardization is folded into the first and last
-    layers, so head(z) reads the state directly and ||head(z) - head(g)|| is a distance in its units."""
+    """Regress targets [N, C] (state_targets) from latents [N, D] with an EnergyHead-shaped MLP (Adam,
+    seeded) on standardized inputs and robustly standardized targets (median, 1.4826 x MAD) with a Huber
+    loss, so rare outliers (a block knocked off the table falls metres) neither set the scale nor dominate
+    the fit; the standardization is folded into the first and last layers, so head(z) reads the state
+    directly and ||head(z) - head(g)|| is a distance in its units."""
     from tqdm import trange
 
     z = latents.to(device=device, dtype=torch.float32)
@@ -195,13 +197,14 @@ def fit_state_head(latents: torch.Tensor, targets: torch.Tensor, cfg: EnergyHead
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     x_mu, x_sd = z.mean(0), z.std(0).clamp_min(1e-6)
-    y_mu, y_sd = y.mean(0), y.std(0).clamp_min(1e-6)
+    y_mu = y.median(0).values
+    y_sd = (1.4826 * (y - y_mu).abs().median(0).values).clamp_min(1e-6)
     x, t = (z - x_mu) / x_sd, (y - y_mu) / y_sd
     head = EnergyHead(z.shape[1], y.shape[1], cfg.hidden).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
     for _ in trange(cfg.steps, desc="state head", disable=not progress, leave=False):
         i = torch.randint(len(x), (min(cfg.batch_size, len(x)),), generator=gen).to(device)
-        loss = (head(x[i]) - t[i]).square().mean()
+        loss = F.huber_loss(head(x[i]), t[i])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
