@@ -183,10 +183,13 @@ class StateHeadFit:
 def fit_state_head(latents: torch.Tensor, targets: torch.Tensor, cfg: EnergyHeadConfig, device="cpu",
                    progress: bool = True) -> tuple[EnergyHead, StateHeadFit]:
     """Regress targets [N, C] (state_targets) from latents [N, D] with an EnergyHead-shaped MLP (Adam,
-    seeded) on standardized inputs and robustly standardized targets (median, 1.4826 x MAD) with a Huber
-    loss, so rare outliers (a block knocked off the table falls metres) neither set the scale nor dominate
-    the fit; the standardization is folded into the first and last layers, so head(z) reads the state
-    directly and ||head(z) - head(g)|| is a distance in its units."""
+    seeded) on standardized inputs and on targets centred by their medians and divided by one pooled
+    robust scale (1.4826 x the median absolute deviation over all columns), with a Huber loss. One scale
+    for all columns keeps the loss a distance in the targets' units (a near-constant column such as the
+    gripper in push is not blown up); the robust scale and the Huber loss keep rare outliers (a block
+    knocked off the table falls metres) from setting the scale or dominating the fit. The standardization
+    is folded into the first and last layers, so head(z) reads the state directly and ||head(z) - head(g)||
+    is a distance in its units."""
     from tqdm import trange
 
     z = latents.to(device=device, dtype=torch.float32)
@@ -198,7 +201,7 @@ def fit_state_head(latents: torch.Tensor, targets: torch.Tensor, cfg: EnergyHead
     gen = torch.Generator().manual_seed(cfg.seed)
     x_mu, x_sd = z.mean(0), z.std(0).clamp_min(1e-6)
     y_mu = y.median(0).values
-    y_sd = (1.4826 * (y - y_mu).abs().median(0).values).clamp_min(1e-6)
+    y_sd = (1.4826 * (y - y_mu).abs().median()).clamp_min(1e-6).expand(y.shape[1])
     x, t = (z - x_mu) / x_sd, (y - y_mu) / y_sd
     head = EnergyHead(z.shape[1], y.shape[1], cfg.hidden).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
