@@ -441,7 +441,13 @@ class ImaginationError:
     (e.g. `task_state` = the block's position in metres), per k = 1..k_max, the distance between the probe's
     reading of the imagined latent and of the encoded true one (median, 90th percentile, and median over
     the windows in which the task state moves), beside the probe's own error on encoded frames
-    (`probe_floor`: probe(true latent) against the true state, median)."""
+    (`probe_floor`: probe(true latent) against the true state, median).
+
+    Displacement fidelity over the k_max steps, per quantity, in the windows where its true value moves by
+    more than `displacement_threshold` (the pushes, for the block): `displacement_slope` = sum(d_im . d) /
+    sum(|d|^2) (1: the imagined motion has the true size along the true direction; 0: the model imagines
+    nothing moving) and `displacement_cosine` (median cosine between d_im and d), where d is the true
+    displacement (recorded values) and d_im = probe(imagined z_t+k_max) - probe(z_t)."""
 
     k: list[int]
     median: dict[str, list[float]]
@@ -451,6 +457,10 @@ class ImaginationError:
     n_windows: int
     n_moving: int
     moving_threshold: float
+    displacement_slope: dict[str, float]
+    displacement_cosine: dict[str, float]
+    n_displaced: dict[str, int]
+    displacement_threshold: float
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -460,7 +470,8 @@ class ImaginationError:
 def imagination_error(model, encoded: EncodedEpisodes, probes: dict[str, tuple[MLPProbe, slice]],
                       states: dict[str, list[np.ndarray]], history_len: int, k_max: int = 5,
                       device: str | torch.device = "cpu", batch_size: int = 512,
-                      moving_threshold: float = 0.002) -> ImaginationError:
+                      moving_threshold: float = 0.002,
+                      displacement_threshold: float = 0.01) -> ImaginationError:
     """Roll the predictor k_max steps from every window of `encoded` (as kstep_prediction_error) and read
     predicted and encoded latents with fitted probes.
 
@@ -472,7 +483,7 @@ def imagination_error(model, encoded: EncodedEpisodes, probes: dict[str, tuple[M
     if set(states) != set(probes):
         raise ValueError(f"states and probes must name the same quantities, got {sorted(states)} and "
                          f"{sorted(probes)}")
-    z_hist, a_prev, plan, target, _ = _windows(encoded, history_len, k_max)
+    z_hist, a_prev, plan, target, z_last = _windows(encoded, history_len, k_max)
     n = len(plan)
     if n < 1:
         raise ValueError(f"no window of {history_len - 1 + k_max} steps in these episodes (k_max={k_max})")
@@ -485,7 +496,7 @@ def imagination_error(model, encoded: EncodedEpisodes, probes: dict[str, tuple[M
         t = _window_starts(z.shape[0], history_len, k_max).numpy()
         moved.append(np.linalg.norm(task[t + k_max] - task[t], axis=-1) > moving_threshold)
     moving = np.concatenate(moved)
-    median, p90, moving_median, floor = {}, {}, {}, {}
+    median, p90, moving_median, floor, slope, cosine, n_displaced = {}, {}, {}, {}, {}, {}, {}
     for name, (probe, cols) in probes.items():
         read_pred = probe(pred.reshape(-1, d))[:, cols].reshape(n, k_max, -1)
         read_true = probe(target.reshape(-1, d))[:, cols].reshape(n, k_max, -1)
@@ -496,9 +507,23 @@ def imagination_error(model, encoded: EncodedEpisodes, probes: dict[str, tuple[M
                                else [float("nan")] * k_max)
         truth = np.concatenate(states[name])
         floor[name] = float(np.median(np.linalg.norm(probe(encoded.all_latents())[:, cols] - truth, axis=-1)))
+        starts = [_window_starts(z.shape[0], history_len, k_max).numpy() for z in encoded.latents]
+        true_d = np.concatenate([v[t + k_max] - v[t] for v, t in zip(states[name], starts, strict=True)])
+        imag_d = read_pred[:, -1] - probe(z_last)[:, cols]
+        big = np.linalg.norm(true_d, axis=-1) > displacement_threshold
+        n_displaced[name] = int(big.sum())
+        if big.any():
+            slope[name] = float(np.sum(imag_d[big] * true_d[big]) / np.sum(true_d[big] ** 2))
+            cos = np.sum(imag_d[big] * true_d[big], -1) / np.maximum(
+                np.linalg.norm(imag_d[big], axis=-1) * np.linalg.norm(true_d[big], axis=-1), 1e-12)
+            cosine[name] = float(np.median(cos))
+        else:
+            slope[name] = cosine[name] = float("nan")
     return ImaginationError(k=list(range(1, k_max + 1)), median=median, p90=p90, moving_median=moving_median,
                             probe_floor=floor, n_windows=n, n_moving=int(moving.sum()),
-                            moving_threshold=moving_threshold)
+                            moving_threshold=moving_threshold, displacement_slope=slope,
+                            displacement_cosine=cosine, n_displaced=n_displaced,
+                            displacement_threshold=displacement_threshold)
 
 
 def _safe_div(a: float, b: float) -> float:

@@ -192,6 +192,9 @@ def format_table(report: dict) -> str:
         im = report["imagination"]
         rows.append((f"imagined {name}, median", "  ".join(f"{v:6.4f}" for v in med)
                      + f"  (probe floor {im['probe_floor'][name]:.4f})"))
+        rows.append((f"imagined {name} motion", f"slope {im['displacement_slope'][name]:.2f}, cosine "
+                     f"{im['displacement_cosine'][name]:.2f} over k = {im['k'][-1]} in "
+                     f"{im['n_displaced'][name]} windows moving > {im['displacement_threshold']}"))
     g = report["goal_threshold"]
     rows.append(("goal threshold", g["error"] if "error" in g else
                  f"{g['threshold']:.4g} (accepts {g['boundary_accept']:.0%} of {g['n_band']} near-miss "

@@ -155,6 +155,12 @@ def test_imagination_error_reads_rollouts_in_the_states_units():
     assert copy.median["task_state"][0] > 5 * max(good.median["task_state"])
     assert np.all(np.diff(copy.median["task_state"]) > 0) and copy.p90["task_state"][0] > copy.median[
         "task_state"][0]
+    # motion fidelity: the exact model imagines the state's displacement at its true size and direction,
+    # copy-last imagines none
+    assert good.n_displaced["task_state"] > 0
+    assert good.displacement_slope["task_state"] == pytest.approx(1.0, abs=0.1)
+    assert good.displacement_cosine["task_state"] > 0.95
+    assert abs(copy.displacement_slope["task_state"]) < 0.1
     r2 = M.mlp_probe_r2(z_tr, s_tr, test.all_latents(), test.all_task_states(), probe=probe)
     assert r2.mean_r2 > 0.95
     with pytest.raises(ValueError, match="same quantities"):
