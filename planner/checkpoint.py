@@ -270,9 +270,15 @@ def render_card(config: dict, name: str, commands: list[str] | None = None) -> s
     data = config.get("training_data", {})
     metrics = config.get("metrics", {})
     arch = config.get("architecture", {})
+    head_kind = ((config.get("energy_head_fit") or {}).get("config")
+                 or (config.get("training") or {}).get("energy_head") or {}).get("kind", "reachability")
     energy = (
-        "the distance between the energy-head embeddings of the imagined latents and the goal image's latent "
-        "(a steps-to-goal distance fitted on the frozen latents, planner.energy_head)"
+        "the distance between the energy-head readings of the imagined latents and of the goal image's "
+        "latent (a supervised readout of the recorded proprio and task state in their units, "
+        "planner.energy_head)"
+        if arch.get("energy_head_dim") and head_kind == "state"
+        else "the distance between the energy-head embeddings of the imagined latents and the goal image's "
+        "latent (a steps-to-goal distance fitted on the frozen latents, planner.energy_head)"
         if arch.get("energy_head_dim")
         else "the L2 distance between the imagined latents and the goal image's latent"
     )
