@@ -48,10 +48,8 @@ class FitEnergyHeadConfig:
 def run(cfg: FitEnergyHeadConfig) -> Path:
     """Fit, attach, calibrate, write; returns the new checkpoint's path."""
     from planner import checkpoint
-    from planner.quality import split_indices
-    from planner.store import TrajectoryStore
+    from planner.frozen import open_frozen
     from planner.train import attach_fitted_head, calibrate_goal_threshold, spread
-    from planner.world_model import WorldModel
 
     if not 0 < cfg.margin <= 1:
         raise ValueError(f"--margin must be in (0, 1], got {cfg.margin}")
@@ -60,22 +58,14 @@ def run(cfg: FitEnergyHeadConfig) -> Path:
                          f"{cfg.calibration_episodes}")
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    loaded = checkpoint.load(cfg.checkpoint, device=device)
+    loaded, store, train_idx, _, _ = open_frozen(cfg.checkpoint, cfg.data, device, "fit-energy-head")
     model = loaded.model
-    if not isinstance(model, WorldModel):
-        raise ValueError(f"{cfg.checkpoint}: model_type {loaded.config['model_type']!r} has no energy head "
-                         "to fit (a `jepa` checkpoint is needed)")
-    store = TrajectoryStore.open(cfg.data)
-    if store.meta.image_size != model.cfg.image_size:
-        raise ValueError(f"store {cfg.data} holds {store.meta.image_size}px images, {cfg.checkpoint} expects "
-                         f"{model.cfg.image_size}px: use the store it was trained on")
     calibration = loaded.config.get("goal_energy_calibration") or {}
     success = calibration.get("task_success_threshold")
     if success is None:
         from planner.quality import task_success_threshold
 
         success = task_success_threshold(store.meta.env_id, store.meta.env_kwargs)
-    train_idx, _, _ = split_indices(store.indices(), loaded.config)
     fit = attach_fitted_head(model, store, spread(train_idx, cfg.episodes), cfg.energy_head, device,
                              progress=cfg.progress)
     threshold = calibrate_goal_threshold(model, store, spread(train_idx, cfg.calibration_episodes),

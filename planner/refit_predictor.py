@@ -173,25 +173,16 @@ def run(cfg: RefitConfig) -> Path | None:
     from tqdm import tqdm
 
     from planner import checkpoint
-    from planner.quality import split_indices
-    from planner.store import TrajectoryStore
+    from planner.frozen import open_frozen
     from planner.train import CsvLog, load_state, lr_at, save_state, training_time
-    from planner.world_model import ObjectiveConfig, Predictor, WorldModel, jepa_loss
+    from planner.world_model import ObjectiveConfig, Predictor, jepa_loss
 
     _check(cfg)
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    loaded = checkpoint.load(cfg.checkpoint, device=device)
+    loaded, store, train_idx, val_idx, val_source = open_frozen(cfg.checkpoint, cfg.data, device,
+                                                                "refit-predictor")
     model = loaded.model
-    if not isinstance(model, WorldModel):
-        raise RefitError(f"{cfg.checkpoint}: model_type {loaded.config['model_type']!r} has no latent "
-                         "predictor to refit (a `jepa` checkpoint is needed)")
-    store = TrajectoryStore.open(cfg.data)
-    if store.meta.image_size != model.cfg.image_size or store.meta.action_dim != model.cfg.action_dim:
-        raise RefitError(f"store {cfg.data} ({store.meta.image_size}px, action dim {store.meta.action_dim}) "
-                         f"does not match {cfg.checkpoint} ({model.cfg.image_size}px, action dim "
-                         f"{model.cfg.action_dim}): use the store it was trained on")
-    train_idx, val_idx, val_source = split_indices(store.indices(), loaded.config)
     k, r = model.history_len, cfg.rollout_steps
     model.eval().requires_grad_(False)
 

@@ -143,3 +143,22 @@ def test_fit_energy_head_state_kind_keeps_the_world_model_and_recalibrates(sourc
     with pytest.raises(SystemExit):
         main(["fit-energy-head", "--checkpoint", str(ckpt), "--data", str(store), "--out", str(out),
               "--margin", "2"])
+
+
+def test_open_frozen_refuses_mismatched_stores_and_non_world_models(source, tmp_path):
+    from planner.frozen import open_frozen
+    from planner.gcbc import GCBCConfig, GCBCPolicy
+    from planner.world_model import WorldModel, WorldModelConfig
+    from tests.test_train import S
+
+    store, _ = source
+    wide = WorldModel(WorldModelConfig(image_size=2 * S, action_dim=2, latent_dim=8, enc_channels=(8, 8)))
+    checkpoint.save(tmp_path / "wide", wide,
+                    {"image": {"size": 2 * S}, "action": {"dim": 2}, "history_len": 2})
+    with pytest.raises(ValueError, match="use the store it was trained on"):
+        open_frozen(tmp_path / "wide", store, torch.device("cpu"), "refit-predictor")
+    policy = GCBCPolicy(GCBCConfig(image_size=S, action_dim=2, enc_channels=(8, 16, 16)))
+    checkpoint.save(tmp_path / "policy", policy,
+                    {"image": {"size": S}, "action": {"dim": 2}, "history_len": 1})
+    with pytest.raises(ValueError, match="jepa"):
+        open_frozen(tmp_path / "policy", store, torch.device("cpu"), "fit-energy-head")
