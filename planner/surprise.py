@@ -7,6 +7,8 @@ first latent repeats and the missing actions are zero, as the MPC pads) gives
     errors[t] = r[t]^T P r[t]                 (`planner surprise --whiten`, the default),
 with P the inverse of the residual covariance on calibration data (shrunk toward its mean variance), so an
 error in a latent direction the model usually predicts well counts more than one in a noisy direction.
+A checkpoint with an energy head is also scored in the planning energy's space (`world_model_energy`,
+||e(predict) - e(z[t+1])||^2 with e = model.energy_embed: metres of hand and block for a state head).
 Errors are normalised by the typical error (median per-step error over possible clips, from a calibration
 set disjoint from the evaluation clips). Steps t < K-1 have padded context and are left out
 of the clip score (max over the remaining steps) and of the flags.
@@ -161,15 +163,31 @@ def history_windows(z: torch.Tensor, actions: torch.Tensor, k: int) -> tuple[tor
 
 
 @torch.no_grad()
-def prediction_residuals(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
-                         ) -> np.ndarray:
-    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> float64 [T,D]: predict - z[t+1] per step."""
+def predictions(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> (predicted z[1..T], encoded z[1..T]), [T,D]."""
     cfg = model.cfg
     frames, actions = _check_clip(frames, actions, cfg.image_size, cfg.action_dim)
     z = model.encode(images_to_model_input(np.ascontiguousarray(frames), device=device)).float()
     a = torch.as_tensor(actions, device=z.device)
     z_hist, a_hist = history_windows(z, a, model.history_len)
-    return (model.predict(z_hist, a_hist).float() - z[1:]).double().cpu().numpy()
+    return model.predict(z_hist, a_hist).float(), z[1:]
+
+
+def prediction_residuals(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
+                         ) -> np.ndarray:
+    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> float64 [T,D]: predict - z[t+1] per step."""
+    pred, z_next = predictions(model, frames, actions, device)
+    return (pred - z_next).double().cpu().numpy()
+
+
+@torch.no_grad()
+def energy_space_errors(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
+                        ) -> np.ndarray:
+    """The same prediction read in the planning energy's space: float64 [T] of ||e(predict) - e(z[t+1])||^2,
+    e = model.energy_embed (metres of hand and block for a state head)."""
+    pred, z_next = predictions(model, frames, actions, device)
+    return (model.energy_embed(pred) - model.energy_embed(z_next)).double().square().sum(-1).cpu().numpy()
 
 
 def prediction_errors(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
@@ -388,6 +406,8 @@ def benchmark(cfg: SurpriseConfig) -> dict:
             out[name] = whitening[name](res) if cfg.whiten else plain
             if cfg.whiten and name == "world_model":
                 out["world_model_l2"] = plain
+        if getattr(model, "energy_head", None) is not None:
+            out["world_model_energy"] = energy_space_errors(model, frames, actions, cfg.device)
         out["pixel"] = mean_pixel_change(frames)
         return out
 

@@ -342,3 +342,39 @@ def test_planner_surprise_rejects_bad_arguments(tmp_path):
         benchmark(SurpriseConfig(checkpoint=tmp_path, env="ArmPush-v0", kinds=("melt",)))
     with pytest.raises(ValueError, match="--shrinkage"):
         benchmark(SurpriseConfig(checkpoint=tmp_path, env="ArmPush-v0", shrinkage=-0.1))
+
+
+def test_energy_space_surprise_reads_the_prediction_through_the_energy_head(tmp_path, clips):
+    from planner import checkpoint
+    from planner.cli import main
+    from planner.energy_head import EnergyHead
+    from planner.preprocess import images_to_model_input
+    from planner.surprise import energy_space_errors
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    model.attach_energy_head(EnergyHead(model.cfg.latent_dim, 3, 16).eval())
+    p = clips.possible
+    errors = energy_space_errors(model, p.frames, p.actions)
+    with torch.no_grad():
+        z = model.encode(images_to_model_input(p.frames))
+        a = torch.as_tensor(p.actions)
+        t = 5
+        pred = model.predict(z[t - 1 : t + 1].unsqueeze(0), a[t - 1 : t + 1].unsqueeze(0))
+        want = float((model.energy_embed(pred)[0] - model.energy_embed(z[t + 1])).pow(2).sum())
+    assert errors.shape == (CFG.steps,) and errors[t] == pytest.approx(want, rel=1e-4)
+
+    small = tiny_model(image_size=32)
+    small.attach_energy_head(EnergyHead(small.cfg.latent_dim, 3, 16).eval())
+    checkpoint.save(tmp_path / "ckpt", small, {
+        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
+        "action": {"dim": 4, "low": [-0.025] * 3 + [-1.0], "high": [0.025] * 3 + [1.0], "units": "m"},
+        "history_len": 2,
+    })
+    out = tmp_path / "s.json"
+    main(["surprise", "--checkpoint", str(tmp_path / "ckpt"), "--env", "ArmPush-v0", "--episodes", "2",
+          "--calibration-episodes", "1", "--whitening-episodes", "2", "--steps", "8", "--kinds", "teleport",
+          "--json", str(out), "--no-progress", "--threads", "1"])
+    res = json.loads(out.read_text())
+    assert set(res["detectors"]) == {"world_model", "world_model_l2", "world_model_energy", "untrained",
+                                     "pixel"}
