@@ -10,12 +10,12 @@ the weights (and so the model's name) are unchanged.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from planner.cli import invoked_command
 
 
 @dataclass
@@ -65,7 +65,7 @@ def run(cfg: CalibrateConfig) -> dict:
     with torch.no_grad():
         result = calibrate_goal_threshold(model, store, spread(train_eps, cfg.episodes), float(success),
                                           cfg.margin, cfg.device)
-    command = shlex.join(["planner", "calibrate", *sys.argv[2:]]) if sys.argv[1:2] == ["calibrate"] else ""
+    command = invoked_command("calibrate")
     name = checkpoint.update_config(cfg.checkpoint, loaded, {
         "goal_energy_threshold": result["threshold"],
         "goal_energy_calibration": result,

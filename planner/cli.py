@@ -30,6 +30,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def invoked_command(subcommand: str) -> str:
+    """`planner SUBCOMMAND ARGS...` as typed, when this process is that subcommand run from the command line
+    (recorded in a checkpoint's `commands`); "" otherwise (called from Python or a test)."""
+    import shlex
+
+    return shlex.join(["planner", subcommand, *sys.argv[2:]]) if sys.argv[1:2] == [subcommand] else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     import tyro
 

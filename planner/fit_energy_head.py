@@ -9,13 +9,12 @@ distance.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from planner.cli import invoked_command
 from planner.energy_head import EnergyHeadConfig
 
 
@@ -70,8 +69,7 @@ def run(cfg: FitEnergyHeadConfig) -> Path:
                              progress=cfg.progress)
     threshold = calibrate_goal_threshold(model, store, spread(train_idx, cfg.calibration_episodes),
                                          float(success), cfg.margin, device)
-    command = (shlex.join(["planner", "fit-energy-head", *sys.argv[2:]])
-               if sys.argv[1:2] == ["fit-energy-head"] else "")
+    command = invoked_command("fit-energy-head")
     drop = {"format_version", "model_type", "architecture", "weights_sha256"}
     config = {key: v for key, v in loaded.config.items() if key not in drop}
     metrics = {key: v for key, v in config.get("metrics", {}).items() if not key.startswith("energy_")}

@@ -16,8 +16,6 @@ windows of K + R latents and K + R - 1 actions -> teacher-forced + R-step open-l
 from __future__ import annotations
 
 import copy
-import shlex
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 
 from planner import metrics as M
+from planner.cli import invoked_command
 
 STATE_FILE = "refit_state.pt"
 
@@ -266,8 +265,7 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
     is dropped, the k-step metrics are replaced by the refit predictor's."""
     from planner import checkpoint
 
-    from_cli = len(sys.argv) > 1 and sys.argv[1] == "refit-predictor"
-    command = shlex.join(["planner", "refit-predictor", *sys.argv[2:]]) if from_cli else ""
+    command = invoked_command("refit-predictor")
     drop = {"format_version", "model_type", "architecture", "weights_sha256", "surprise"}
     config = {key: v for key, v in loaded.config.items() if key not in drop}
     metrics = {key: v for key, v in config.get("metrics", {}).items()

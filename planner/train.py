@@ -16,8 +16,6 @@ import hashlib
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 from torch import nn
 
 from planner import checkpoint
+from planner.cli import invoked_command
 from planner.data import WindowDataset, WindowSpec, episode_lengths, split_episodes
 from planner.energy_head import EnergyHeadConfig, fit_energy_head, fit_state_head, state_targets
 from planner.metrics import (
@@ -580,8 +579,7 @@ def write_checkpoint(cfg: TrainConfig, model: WorldModel, store: TrajectoryStore
                      timing: dict) -> Path:
     meta = store.meta
     meta_hash = hashlib.sha256((store.path / META_FILE).read_bytes()).hexdigest()[:16]
-    from_cli = len(sys.argv) > 1 and sys.argv[1] == "train"
-    command = shlex.join(["planner", "train", *sys.argv[2:]]) if from_cli else ""
+    command = invoked_command("train")
     config = {
         "image": {"size": meta.image_size, "preprocessing": meta.preprocessing},
         "action": dict(meta.action_spec),

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from planner import checkpoint
+from planner.cli import invoked_command
 from planner.data import WindowDataset, WindowSpec, episode_lengths, split_episodes
 from planner.gcbc import GCBCConfig, GCBCObjectiveConfig, GCBCPolicy, gcbc_loss, relabel
 from planner.pixel_model import PixelObjectiveConfig, PixelWorldModel, pixel_loss, pixel_prediction_error
@@ -296,8 +295,7 @@ def write_checkpoint(cfg: BaselineTrainConfig, model: nn.Module, store: Trajecto
                      budget_seconds_used: float) -> None:
     meta = store.meta
     meta_hash = hashlib.sha256((store.path / META_FILE).read_bytes()).hexdigest()[:16]
-    from_cli = len(sys.argv) > 1 and sys.argv[1] == "train-baseline"
-    command = shlex.join(["planner", "train-baseline", *sys.argv[2:]]) if from_cli else ""
+    command = invoked_command("train-baseline")
     training = config_dict(cfg)
     other = "gcbc" if cfg.model_type == "pixel" else "pixel"
     for key in (other, f"{other}_objective"):  # only the trained model's settings
