@@ -182,11 +182,9 @@ def prediction_residuals(model, frames: np.ndarray, actions: np.ndarray, device:
 
 
 @torch.no_grad()
-def energy_space_errors(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
-                        ) -> np.ndarray:
-    """The same prediction read in the planning energy's space: float64 [T] of ||e(predict) - e(z[t+1])||^2,
-    e = model.energy_embed (metres of hand and block for a state head)."""
-    pred, z_next = predictions(model, frames, actions, device)
+def energy_space_errors(model, pred: torch.Tensor, z_next: torch.Tensor) -> np.ndarray:
+    """`predictions`' output [T,D] x 2 read in the planning energy's space: float64 [T] of
+    ||e(predict) - e(z[t+1])||^2, e = model.energy_embed (metres of hand and block for a state head)."""
     return (model.energy_embed(pred) - model.energy_embed(z_next)).double().square().sum(-1).cpu().numpy()
 
 
@@ -401,13 +399,14 @@ def benchmark(cfg: SurpriseConfig) -> dict:
         """Every detector's per-step values [T] for one clip; one encode + predict pass per model."""
         out = {}
         for name, m in models.items():
-            res = prediction_residuals(m, frames, actions, cfg.device)
+            pred, z_next = predictions(m, frames, actions, cfg.device)
+            res = (pred - z_next).double().cpu().numpy()
             plain = np.square(res).sum(-1)
             out[name] = whitening[name](res) if cfg.whiten else plain
             if cfg.whiten and name == "world_model":
                 out["world_model_l2"] = plain
-        if getattr(model, "energy_head", None) is not None:
-            out["world_model_energy"] = energy_space_errors(model, frames, actions, cfg.device)
+            if name == "world_model" and getattr(m, "energy_head", None) is not None:
+                out["world_model_energy"] = energy_space_errors(m, pred, z_next)
         out["pixel"] = mean_pixel_change(frames)
         return out
 

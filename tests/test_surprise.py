@@ -187,6 +187,18 @@ def tiny_model(image_size=64, k=2):
     return WorldModel(cfg).eval()
 
 
+def save_checkpoint(path, model) -> None:
+    """Save a tiny push-sized world model as a checkpoint (its image size, the arm's action bounds)."""
+    from planner import checkpoint
+
+    size = model.cfg.image_size
+    checkpoint.save(path, model, {
+        "image": {"size": size, "preprocessing": {"size": size, "crop": "center"}},
+        "action": {"dim": 4, "low": [-0.025] * 3 + [-1.0], "high": [0.025] * 3 + [1.0], "units": "m"},
+        "history_len": 2,
+    })
+
+
 def test_history_windows_align_and_pad_like_the_mpc():
     z = torch.arange(5.0).unsqueeze(1)  # [T+1=5, D=1]
     a = torch.arange(1.0, 5.0).unsqueeze(1)  # [T=4, A=1]
@@ -218,15 +230,10 @@ def test_prediction_errors_match_the_model_step_by_step(clips):
 
 
 def test_planner_surprise_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
-    from planner import checkpoint
     from planner.cli import main
 
     model = tiny_model(image_size=32)
-    checkpoint.save(tmp_path / "ckpt", model, {
-        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
-        "action": {"dim": 4, "low": [-0.025] * 3 + [-1.0], "high": [0.025] * 3 + [1.0], "units": "m"},
-        "history_len": 2,
-    })
+    save_checkpoint(tmp_path / "ckpt", model)
     out = tmp_path / "s.json"
     main(["surprise", "--checkpoint", str(tmp_path / "ckpt"), "--env", "ArmPush-v0", "--episodes", "2",
           "--calibration-episodes", "1", "--whitening-episodes", "2", "--steps", "8",
@@ -291,14 +298,9 @@ def test_held_out_episodes_read_the_end_of_a_store_at_the_model_size(tmp_path):
 
 
 def test_planner_surprise_without_whitening_reports_the_plain_error(tmp_path):
-    from planner import checkpoint
     from planner.surprise import SurpriseConfig, benchmark
 
-    checkpoint.save(tmp_path / "ckpt", tiny_model(image_size=32), {
-        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
-        "action": {"dim": 4, "low": [-0.025] * 3 + [-1.0], "high": [0.025] * 3 + [1.0], "units": "m"},
-        "history_len": 2,
-    })
+    save_checkpoint(tmp_path / "ckpt", tiny_model(image_size=32))
     res = benchmark(SurpriseConfig(checkpoint=tmp_path / "ckpt", env="ArmPush-v0", episodes=2,
                                    calibration_episodes=1, steps=8, kinds=("teleport",), whiten=False,
                                    progress=False, threads=1))
@@ -312,11 +314,7 @@ def test_save_calibration_is_what_the_server_backend_scores_with(tmp_path, clips
     from server.agent_backend import AgentBackend
 
     ck = tmp_path / "ckpt"
-    checkpoint.save(ck, tiny_model(image_size=64), {
-        "image": {"size": 64, "preprocessing": {"size": 64, "crop": "center"}},
-        "action": {"dim": 4, "low": [-0.025] * 3 + [-1.0], "high": [0.025] * 3 + [1.0], "units": "m"},
-        "history_len": 2,
-    })
+    save_checkpoint(ck, tiny_model(image_size=64))
     (ck / "card.md").write_text((ck / "card.md").read_text() + "\n## Results\n\nmeasured by hand\n")
     before = checkpoint.load(ck).name
     run(SurpriseConfig(checkpoint=ck, env="ArmPush-v0", episodes=2, calibration_episodes=2,
@@ -345,17 +343,16 @@ def test_planner_surprise_rejects_bad_arguments(tmp_path):
 
 
 def test_energy_space_surprise_reads_the_prediction_through_the_energy_head(tmp_path, clips):
-    from planner import checkpoint
     from planner.cli import main
     from planner.energy_head import EnergyHead
     from planner.preprocess import images_to_model_input
-    from planner.surprise import energy_space_errors
+    from planner.surprise import energy_space_errors, predictions
 
     torch.manual_seed(0)
     model = tiny_model()
     model.attach_energy_head(EnergyHead(model.cfg.latent_dim, 3, 16).eval())
     p = clips.possible
-    errors = energy_space_errors(model, p.frames, p.actions)
+    errors = energy_space_errors(model, *predictions(model, p.frames, p.actions))
     with torch.no_grad():
         z = model.encode(images_to_model_input(p.frames))
         a = torch.as_tensor(p.actions)
@@ -366,11 +363,7 @@ def test_energy_space_surprise_reads_the_prediction_through_the_energy_head(tmp_
 
     small = tiny_model(image_size=32)
     small.attach_energy_head(EnergyHead(small.cfg.latent_dim, 3, 16).eval())
-    checkpoint.save(tmp_path / "ckpt", small, {
-        "image": {"size": 32, "preprocessing": {"size": 32, "crop": "center"}},
-        "action": {"dim": 4, "low": [-0.025] * 3 + [-1.0], "high": [0.025] * 3 + [1.0], "units": "m"},
-        "history_len": 2,
-    })
+    save_checkpoint(tmp_path / "ckpt", small)
     out = tmp_path / "s.json"
     main(["surprise", "--checkpoint", str(tmp_path / "ckpt"), "--env", "ArmPush-v0", "--episodes", "2",
           "--calibration-episodes", "1", "--whitening-episodes", "2", "--steps", "8", "--kinds", "teleport",
