@@ -491,11 +491,13 @@ def imagination_error(model, encoded: EncodedEpisodes, probes: dict[str, tuple[M
                                     plan[s:s + batch_size].to(device)[:, None])[:, 0].float().cpu()
                       for s in range(0, n, batch_size)])  # [N, k_max, D]
     d = pred.shape[-1]
-    moved = []
-    for z, task in zip(encoded.latents, encoded.task_states, strict=True):
-        t = _window_starts(z.shape[0], history_len, k_max).numpy()
-        moved.append(np.linalg.norm(task[t + k_max] - task[t], axis=-1) > moving_threshold)
-    moving = np.concatenate(moved)
+    starts = [_window_starts(z.shape[0], history_len, k_max).numpy() for z in encoded.latents]
+
+    def displacement(values: list[np.ndarray]) -> np.ndarray:
+        """Per-episode values [T_i+1, C] -> [N, C]: each window's change from its start to its last frame."""
+        return np.concatenate([v[t + k_max] - v[t] for v, t in zip(values, starts, strict=True)])
+
+    moving = np.linalg.norm(displacement(encoded.task_states), axis=-1) > moving_threshold
     median, p90, moving_median, floor, slope, cosine, n_displaced = {}, {}, {}, {}, {}, {}, {}
     for name, (probe, cols) in probes.items():
         read_pred = probe(pred.reshape(-1, d))[:, cols].reshape(n, k_max, -1)
@@ -507,8 +509,7 @@ def imagination_error(model, encoded: EncodedEpisodes, probes: dict[str, tuple[M
                                else [float("nan")] * k_max)
         truth = np.concatenate(states[name])
         floor[name] = float(np.median(np.linalg.norm(probe(encoded.all_latents())[:, cols] - truth, axis=-1)))
-        starts = [_window_starts(z.shape[0], history_len, k_max).numpy() for z in encoded.latents]
-        true_d = np.concatenate([v[t + k_max] - v[t] for v, t in zip(states[name], starts, strict=True)])
+        true_d = displacement(states[name])
         imag_d = read_pred[:, -1] - probe(z_last)[:, cols]
         big = np.linalg.norm(true_d, axis=-1) > displacement_threshold
         n_displaced[name] = int(big.sum())
