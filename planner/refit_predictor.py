@@ -161,10 +161,13 @@ def _check(cfg: RefitConfig) -> None:
 
 
 def _kstep(model, enc: M.EncodedEpisodes, k_max: int, device) -> dict:
-    """Held-out k-step ratio to copy-last at k = 1, 5 and k_max (all windows)."""
+    """Held-out k-step ratio to copy-last and action sensitivity at k = 1, 5 and k_max (all windows), named
+    as `planner train` names them in `metrics`."""
     r = M.kstep_prediction_error(model, enc, model.history_len, k_max=k_max, device=device, max_windows=None)
     ks = sorted({1, min(5, k_max), k_max})
-    return {f"kstep_ratio_k{k}": r.ratio[k - 1] for k in ks} | {"n_windows": r.n_windows}
+    return ({f"kstep_ratio_k{k}": r.ratio[k - 1] for k in ks}
+            | {f"action_sensitivity_k{k}": r.action_sensitivity[k - 1] for k in ks}
+            | {"n_windows": r.n_windows})
 
 
 def run(cfg: RefitConfig) -> Path | None:
@@ -218,8 +221,8 @@ def run(cfg: RefitConfig) -> Path | None:
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        z, a = windows.batch(rng, cfg.batch_size, cfg.task_motion_fraction)
-        out = {"z": z.to(device), **model.predict_windows(z.to(device), a.to(device), r)}
+        z, a = (x.to(device) for x in windows.batch(rng, cfg.batch_size, cfg.task_motion_fraction))
+        out = {"z": z, **model.predict_windows(z, a, r)}
         loss, parts = jepa_loss(out, objective, k, rng)
         if not np.isfinite(parts["loss"]):
             raise RefitError(f"loss became {parts['loss']} at step {step}; lower --lr")
@@ -254,9 +257,9 @@ def run(cfg: RefitConfig) -> Path | None:
 
 
 def _before_after(before: dict, after: dict) -> str:
-    """'k=1 0.0400 -> 0.0370, ...' from two _kstep results."""
+    """'k=1 0.0400 -> 0.0370, ...': the k-step ratios of two _kstep results."""
     return ", ".join(f"k={key.rsplit('k', 1)[1]} {before[key]:.4f} -> {after[key]:.4f}"
-                     for key in after if key != "n_windows")
+                     for key in after if key.startswith("kstep_ratio_"))
 
 
 def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: dict, val_source: str,
@@ -264,6 +267,7 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
     """The source config with the new predictor's record; the surprise calibration (predictor-dependent)
     is dropped, the k-step metrics are replaced by the refit predictor's."""
     from planner import checkpoint
+    from planner.train import config_dict
 
     command = invoked_command("refit-predictor")
     drop = {"format_version", "model_type", "architecture", "weights_sha256", "surprise"}
@@ -276,7 +280,7 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
         "data": str(cfg.data),
         "train_windows": n_windows,
         "validation": val_source,
-        "config": {key: str(v) if isinstance(v, Path) else v for key, v in cfg.__dict__.items()},
+        "config": config_dict(cfg),
         "time": timing,
         "heldout_before": before,
         "heldout_after": after,
@@ -285,8 +289,8 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
     tail = (f"\n## Predictor refit\n\nThe predictor was trained again for {cfg.steps} steps on the frozen "
             f"encoder's latents of `{cfg.data}` (`planner refit-predictor`, {cfg.rollout_steps}-step "
             f"open-loop loss, init {cfg.init}; {timing['step_seconds'] / 60:.1f} min on {timing['device']}); "
-            "encoder, "
-            f"energy head and goal calibration are `{loaded.name}`'s. Held-out k-step error / copy-last: "
+            f"encoder, energy head and goal calibration are `{loaded.name}`'s. Held-out k-step error / "
+            "copy-last: "
             f"{_before_after(before, after)}.\n")
     checkpoint.save(cfg.out, model, config, card_tail=tail)
     return Path(cfg.out)

@@ -49,9 +49,12 @@ def test_refit_keeps_encoder_head_and_calibration_and_lowers_heldout_error(sourc
     rec = cfg["predictor_refit"]
     assert rec["source"] == checkpoint.checkpoint_name(ckpt) and rec["train_windows"] > 0
     before, after = rec["heldout_before"], rec["heldout_after"]
-    assert set(before) == {"kstep_ratio_k1", "kstep_ratio_k4", "n_windows"}
+    assert set(before) == {"kstep_ratio_k1", "kstep_ratio_k4", "action_sensitivity_k1",
+                           "action_sensitivity_k4", "n_windows"}
     assert after["kstep_ratio_k4"] < before["kstep_ratio_k4"]  # 60 more steps on the predictor alone
     assert cfg["metrics"]["kstep_ratio_k4"] == after["kstep_ratio_k4"]
+    assert cfg["metrics"]["action_sensitivity_k4"] == after["action_sensitivity_k4"]
+    assert rec["config"]["steps"] == 60 and rec["config"]["data"] == str(store)
     assert "Predictor refit" in (out / "card.md").read_text()
     loaded = checkpoint.load(out)
     z = torch.zeros(3, 2, 16)
