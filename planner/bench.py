@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from planner.mpc import DEFAULT_HORIZON, MPCAgent
-from planner.solvers import SOLVERS, make_solver
+from planner.mpc import MPCAgent
+from planner.planner_defaults import PlannerDefaults
+from planner.solvers import SOLVERS
 
 
 @dataclass
@@ -31,8 +32,8 @@ class BenchConfig:
     """Write the results object to this path (atomically)."""
     solvers: tuple[str, ...] = tuple(SOLVERS)
     """Solvers to time at their default budget."""
-    horizon: int = DEFAULT_HORIZON
-    """Planning horizon."""
+    horizon: int | None = None
+    """Planning horizon (default: the checkpoint's config.json `planner` horizon, else 15)."""
     repeats: int = 20
     """Timed MPC steps per solver (after 2 warm-up steps)."""
     sample_counts: tuple[int, ...] = (64, 256, 1024, 4096)
@@ -112,8 +113,9 @@ def bench(cfg: BenchConfig) -> dict:
     prev = np.zeros((1, k - 1, a_dim), np.float32)
 
     latency = {}
+    horizon = PlannerDefaults.from_config(loaded.config).resolve(horizon=cfg.horizon)[1]
     for name in tqdm(cfg.solvers, desc="bench solvers"):
-        agent = MPCAgent(loaded, make_solver(name), horizon=cfg.horizon, device=device)
+        agent = MPCAgent(loaded, name, horizon=horizon, device=device)
         goal = agent.encode_goal(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))[None]
         warm = [None]
         for _ in range(2):
@@ -126,7 +128,7 @@ def bench(cfg: BenchConfig) -> dict:
         latency[name] = dict(
             samples=agent.solver.samples,
             iterations=agent.solver.iterations,
-            horizon=cfg.horizon,
+            horizon=horizon,
             plan_ms_median=float(np.median(ms)),
             plan_ms_p95=float(np.percentile(ms, 95)),
         )
@@ -137,11 +139,11 @@ def bench(cfg: BenchConfig) -> dict:
     a_prev = torch.zeros(1, k - 1, a_dim, device=device)
     throughput = []
     for s in tqdm(cfg.sample_counts, desc="bench rollouts"):
-        acts = torch.rand(1, s, cfg.horizon, a_dim, device=device) * 2 - 1
+        acts = torch.rand(1, s, horizon, a_dim, device=device) * 2 - 1
         with torch.no_grad():
             secs = float(np.median(_timed(lambda a=acts: model.rollout(z_hist, a_prev, a), device, 5)))
-        rate = s * cfg.horizon / secs
-        throughput.append(dict(samples=s, horizon=cfg.horizon, ms_per_call=secs * 1e3,
+        rate = s * horizon / secs
+        throughput.append(dict(samples=s, horizon=horizon, ms_per_call=secs * 1e3,
                                candidate_steps_per_s=rate, achieved_flops=rate * flops_step,
                                fraction_of_matmul=rate * flops_step / peak))
     return dict(

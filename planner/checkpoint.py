@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from planner.planner_defaults import PlannerDefaults
+
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -144,10 +146,12 @@ def save(path: str | os.PathLike, model: nn.Module, config: dict, card: str | No
     return name
 
 
-def update_config(path: str | os.PathLike, loaded: Loaded, updates: dict) -> str:
-    """Rewrite CKPT with `updates` merged into its config.json: same weights, so the same name; card.md is
-    re-rendered and keeps its hand-written Results sections. Returns the name."""
-    config = {k: v for k, v in loaded.config.items() if k not in FILLED_BY_SAVE} | updates
+def update_config(path: str | os.PathLike, loaded: Loaded, updates: dict,
+                  remove: tuple[str, ...] = ()) -> str:
+    """Rewrite CKPT with `updates` merged into its config.json and the keys `remove` dropped: same weights,
+    so the same name; card.md is re-rendered and keeps its hand-written Results sections. Returns the name."""
+    dropped = set(FILLED_BY_SAVE) | set(remove)
+    config = {k: v for k, v in loaded.config.items() if k not in dropped} | updates
     card = Path(path) / CARD_FILE
     tail = card_results_sections(card.read_text()) if card.exists() else ""
     return save(path, loaded.model, config, card_tail=tail)
@@ -195,6 +199,10 @@ def read_config(path: str | os.PathLike) -> dict:
             f"{cfg_path}: image.size {cfg['image'].get('size')} does not match architecture.image_size "
             f"{arch['image_size']}"
         )
+    try:
+        PlannerDefaults.from_config(cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: invalid `planner` entry: {e}") from e
     return cfg
 
 
@@ -265,6 +273,18 @@ def _training_lines(config: dict) -> list[str]:
     ]
 
 
+def _planner_lines(config: dict) -> list[str]:
+    """The card's "Planner defaults" section when config.json has a `planner` entry (else no lines)."""
+    entry = PlannerDefaults.from_config(config).to_dict()
+    evidence = entry.pop("evidence", None)
+    if not entry:
+        return []
+    settings = ", ".join(f"{k} {v}" for k, v in entry.items())
+    return ["## Planner defaults", "",
+            f"Planned with {settings} unless a flag or request says otherwise (config.json `planner`; "
+            "`planner set-planner`).", *([f"Evidence: {evidence}"] if evidence else []), ""]
+
+
 def render_card(config: dict, name: str, commands: list[str] | None = None) -> str:
     """card.md text: what the model is, the data and config it was trained with, metrics, exact commands."""
     data = config.get("training_data", {})
@@ -317,6 +337,7 @@ def render_card(config: dict, name: str, commands: list[str] | None = None) -> s
         "|---|---|",
         *[f"| {k} | {_fmt(v)} |" for k, v in metrics.items()],
         "",
+        *_planner_lines(config),
         "## Commands",
         "",
         "```",

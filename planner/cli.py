@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "refit-predictor": ("planner.refit_predictor", "RefitConfig"),
     "fit-energy-head": ("planner.fit_energy_head", "FitEnergyHeadConfig"),
     "calibrate": ("planner.calibrate", "CalibrateConfig"),
+    "set-planner": ("planner.set_planner", "SetPlannerConfig"),
     "train-baseline": ("planner.train_baselines", "BaselineTrainConfig"),
     "eval": ("planner.evaluate", "EvalConfig"),
     "bench": ("planner.bench", "BenchConfig"),

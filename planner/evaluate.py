@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planner.mpc import DEFAULT_HORIZON, MPCAgent, pad_history
+from planner.mpc import MPCAgent, pad_history
 from planner.objectives import ObjectiveConfig, horizon_weights
+from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
 from planner.seeding import episode_seed
-from planner.solvers import SOLVERS, make_solver, shift_plan, solve, with_budget
+from planner.solvers import SOLVERS, make_solver, shift_plan, solve
 
 
 @dataclass
@@ -52,14 +53,15 @@ class EvalConfig:
     first_episode: int = 0
     """Index of the first episode: `--first-episode 20 --episodes 30` runs episodes 20-49 of this seed, one
     shard of a longer evaluation (shards on several machines or cores); `planner merge-evals` joins them."""
-    solver: str = "cem"
-    """Solver: cem | icem | mppi | cmaes | gd."""
+    solver: str | None = None
+    """Solver: cem | icem | mppi | cmaes | gd (default: the checkpoint's config.json `planner` solver, else
+    cem)."""
     samples: int | None = None
-    """Candidates per iteration (default: the solver's default)."""
+    """Candidates per iteration (default: the checkpoint's budget for this solver, else the solver's)."""
     iterations: int | None = None
-    """Solver iterations (default: the solver's default)."""
-    horizon: int = DEFAULT_HORIZON
-    """Planning horizon in control steps."""
+    """Solver iterations (default: the checkpoint's budget for this solver, else the solver's)."""
+    horizon: int | None = None
+    """Planning horizon in control steps (default: the checkpoint's `planner` horizon, else 15)."""
     replan_every: int = 1
     """Execute this many planned actions before replanning."""
     objective_space: str = "latent"
@@ -124,10 +126,10 @@ def _validate(cfg: EvalConfig) -> None:
         raise ValueError(f"--subgoal-threshold-scale must be > 0, got {cfg.subgoal_threshold_scale}")
     if cfg.first_episode < 0:
         raise ValueError(f"--first-episode must be >= 0, got {cfg.first_episode}")
-    if cfg.solver not in SOLVERS:
+    if cfg.solver is not None and cfg.solver not in SOLVERS:
         raise ValueError(f"unknown --solver {cfg.solver!r}; choose one of: {', '.join(SOLVERS)}")
-    if cfg.replan_every < 1 or cfg.replan_every > cfg.horizon:
-        raise ValueError(f"--replan-every must be in 1..horizon ({cfg.horizon}), got {cfg.replan_every}")
+    if cfg.replan_every < 1:
+        raise ValueError(f"--replan-every must be >= 1, got {cfg.replan_every}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {cfg.max_steps}")
     if cfg.video_format not in ("mp4", "gif"):
@@ -327,7 +329,7 @@ def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
 # ----------------------------------------------------------------------------------------------- run
 
 
-def make_agent(loaded, cfg: EvalConfig, solver_cfg):
+def make_agent(loaded, cfg: EvalConfig, solver_cfg, horizon: int):
     """The acting agent for a loaded checkpoint: MPCAgent for world models (jepa, pixel); for gcbc the
     policy itself (planner.gcbc.PolicyAgent: same interface, acts every step, no planning)."""
     if loaded.config["model_type"] == "gcbc":
@@ -339,7 +341,10 @@ def make_agent(loaded, cfg: EvalConfig, solver_cfg):
         return PolicyAgent(loaded, device=cfg.device)
     kw = {} if cfg.objective_reduce is None else {"reduce": cfg.objective_reduce}
     objective = ObjectiveConfig(space=cfg.objective_space, **kw)
-    return MPCAgent(loaded, solver_cfg, horizon=cfg.horizon, objective=objective, device=cfg.device)
+    agent = MPCAgent(loaded, solver_cfg, horizon=horizon, objective=objective, device=cfg.device)
+    if cfg.replan_every > agent.horizon:
+        raise ValueError(f"--replan-every must be in 1..horizon ({agent.horizon}), got {cfg.replan_every}")
+    return agent
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -367,8 +372,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     task = env.unwrapped.task
     steps = task.step_budget if cfg.max_steps is None else min(cfg.max_steps, task.step_budget)
     rule = Preprocessing.from_checkpoint_config(ck)
-    solver_cfg = with_budget(make_solver(cfg.solver), samples=cfg.samples, iterations=cfg.iterations)
-    agent = make_agent(loaded, cfg, solver_cfg)
+    defaults = PlannerDefaults.from_config(ck)
+    solver_cfg, horizon = defaults.resolve(cfg.solver, cfg.horizon, cfg.samples, cfg.iterations)
+    agent = make_agent(loaded, cfg, solver_cfg, horizon)
     is_policy = ck["model_type"] == "gcbc"
     subgoals = bool(cfg.subgoals and not is_policy)  # agent and simulator ceiling alike
     indices = range(cfg.first_episode, cfg.first_episode + cfg.episodes)
@@ -378,7 +384,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         video_dir.mkdir(parents=True, exist_ok=True)
 
     records = []
-    for i, s in zip(indices, tqdm(seeds, desc=f"eval {cfg.solver}", disable=not cfg.progress), strict=True):
+    bar = tqdm(seeds, desc=f"eval {solver_cfg.name}", disable=not cfg.progress)
+    for i, s in zip(indices, bar, strict=True):
         keep = video_dir is not None
         rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep,
                                 stop_on_goal=cfg.stop_on_goal, subgoals=subgoals,
@@ -401,9 +408,10 @@ def evaluate(cfg: EvalConfig) -> dict:
         checkpoint=loaded.name,
         checkpoint_path=str(cfg.checkpoint),
         checkpoint_sha256=file_sha256(Path(cfg.checkpoint) / "model.safetensors"),
-        solver="policy" if is_policy else cfg.solver,
+        solver="policy" if is_policy else solver_cfg.name,
         **(common(0, 0, 1, cfg.episodes) if is_policy else
-           common(solver_cfg.samples, solver_cfg.iterations, cfg.horizon, cfg.episodes)),
+           common(solver_cfg.samples, solver_cfg.iterations, horizon, cfg.episodes)),
+        checkpoint_planner_defaults=defaults.to_dict(),
         model_type=ck["model_type"],
         objective=None if is_policy else asdict(agent.objective),
         seed=cfg.seed,
@@ -424,7 +432,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         rand = [dict(run_random_episode(env, s, steps), index=i)
                 for i, s in zip(indices, tqdm(seeds, desc="baseline random", disable=not cfg.progress),
                                 strict=True)]
-        sim_cfg = make_solver(cfg.solver, samples=cfg.sim_samples, iterations=cfg.sim_iterations)
+        sim_cfg = make_solver(solver_cfg.name, samples=cfg.sim_samples, iterations=cfg.sim_iterations)
         n_sim = cfg.sim_episodes or len(seeds)
         t0 = time.perf_counter()
         sim_objective = ObjectiveConfig() if is_policy else agent.objective
@@ -435,9 +443,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         sim_s = time.perf_counter() - t0
         result["baselines"] = dict(
             random=dict(solver="random", **common(0, 0, 0, len(rand)), **summarize(rand)),
-            simulator=dict(solver=cfg.solver, **common(cfg.sim_samples, cfg.sim_iterations, cfg.sim_horizon,
-                                                       len(sim)), subgoals=subgoals, wall_s=sim_s,
-                           **summarize(sim)),
+            simulator=dict(solver=solver_cfg.name,
+                           **common(cfg.sim_samples, cfg.sim_iterations, cfg.sim_horizon, len(sim)),
+                           subgoals=subgoals, wall_s=sim_s, **summarize(sim)),
         )
     env.close()
     if cfg.json:

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from planner.objectives import ObjectiveConfig, energy, energy_space, make_objective
+from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import images_to_model_input
 from planner.solvers import SolverConfig, make_solver, shift_plan, solve, validate_budget, with_budget
-
-DEFAULT_HORIZON = 15
 
 
 @dataclass(frozen=True)
@@ -118,23 +117,29 @@ class Plan:
 
 
 class MPCAgent:
-    """Plans with a loaded checkpoint (`planner.checkpoint.Loaded`) and a solver; holds no episode state."""
+    """Plans with a loaded checkpoint (`planner.checkpoint.Loaded`) and a solver; holds no episode state.
+
+    solver (a name or a full SolverConfig) and horizon default to the checkpoint's config.json `planner`
+    entry, else the planner-wide defaults (planner.planner_defaults); a solver name picks up the
+    checkpoint's budget for that solver.
+    """
 
     def __init__(
         self,
         loaded,
-        solver: SolverConfig | str = "cem",
+        solver: SolverConfig | str | None = None,
         *,
-        horizon: int = DEFAULT_HORIZON,
+        horizon: int | None = None,
         objective: ObjectiveConfig | None = None,
         device: str | torch.device = "cpu",
     ):
         self.loaded = loaded
         self.model = loaded.model
         self.name: str = loaded.name
-        self.solver = make_solver(solver) if isinstance(solver, str) else solver
-        validate_budget(self.solver.samples, self.solver.iterations, horizon)
-        self.horizon = int(horizon)
+        defaults = PlannerDefaults.from_config(loaded.config)
+        named, self.horizon = defaults.resolve(None if isinstance(solver, SolverConfig) else solver, horizon)
+        self.solver = solver if isinstance(solver, SolverConfig) else named
+        validate_budget(self.solver.samples, self.solver.iterations, self.horizon)
         self.objective = objective or ObjectiveConfig()
         self.device = torch.device(device)
         cfg = loaded.config

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from planner.mpc import DEFAULT_HORIZON, MPCAgent, Plan, pad_history
+from planner.mpc import MPCAgent, Plan, pad_history
 from planner.objectives import make_objective
+from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, images_to_model_input, preprocess_image
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -632,14 +633,15 @@ class PlotsConfig:
     """Offsets run over [-span, span] normalized units, added to every step of the plan, then clipped."""
     true_cost: bool = True
     """Also score the landscape's candidates with the true simulator (task distance, same weights)."""
-    solver: str = "cem"
-    """Solver of the agent: cem | icem | mppi | cmaes | gd."""
+    solver: str | None = None
+    """Solver of the agent: cem | icem | mppi | cmaes | gd (default: the checkpoint's `planner` solver,
+    else cem)."""
     samples: int | None = None
-    """Candidates per iteration (default: the solver's)."""
+    """Candidates per iteration (default: the checkpoint's budget for this solver, else the solver's)."""
     iterations: int | None = None
-    """Solver iterations (default: the solver's)."""
-    horizon: int = DEFAULT_HORIZON
-    """Planning horizon."""
+    """Solver iterations (default: the checkpoint's budget for this solver, else the solver's)."""
+    horizon: int | None = None
+    """Planning horizon (default: the checkpoint's `planner` horizon, else 15)."""
     decoder: bool = True
     """Draw decoder_probe.png (a probe decoder on frozen latents; --no-decoder skips it)."""
     decoder_steps: int = 1500
@@ -667,7 +669,7 @@ def _validate(cfg: PlotsConfig) -> None:
         raise ValueError(f"--grid must be odd and >= 3 and --span in (0, 2], got {cfg.grid} and {cfg.span}")
     if cfg.landscape_step < 0:
         raise ValueError(f"--landscape-step must be >= 0, got {cfg.landscape_step}")
-    if cfg.solver not in SOLVERS:
+    if cfg.solver is not None and cfg.solver not in SOLVERS:
         raise ValueError(f"unknown --solver {cfg.solver!r}; choose one of: {', '.join(SOLVERS)}")
     if cfg.decoder and (cfg.decoder_steps < 1 or cfg.decoder_episodes < 1):
         raise ValueError("--decoder-steps and --decoder-episodes must be >= 1")
@@ -681,8 +683,6 @@ def run(cfg: PlotsConfig) -> dict:
     from planner.checkpoint import load
     from planner.evaluate import write_json_atomic
     from planner.seeding import episode_seed
-    from planner.solvers import make_solver, with_budget
-
     _validate(cfg)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -706,8 +706,9 @@ def run(cfg: PlotsConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rule = Preprocessing.from_checkpoint_config(ck)
-    solver_cfg = with_budget(make_solver(cfg.solver), samples=cfg.samples, iterations=cfg.iterations)
-    agent = MPCAgent(loaded, solver_cfg, horizon=cfg.horizon, device=cfg.device)
+    solver_cfg, horizon = PlannerDefaults.from_config(ck).resolve(cfg.solver, cfg.horizon, cfg.samples,
+                                                                  cfg.iterations)
+    agent = MPCAgent(loaded, solver_cfg, horizon=horizon, device=cfg.device)
     seed = episode_seed(cfg.seed, 0, "eval")
     result: dict = dict(checkpoint=loaded.name, checkpoint_path=str(ckpt), env=env_id, seed=cfg.seed,
                         episode_seed=seed, files={})
@@ -720,12 +721,12 @@ def run(cfg: PlotsConfig) -> dict:
         objective = asdict(agent.objective)
         plot_energy_landscape(land, out / "energy_landscape.png", title=(
             f"{loaded.name} {env_id}: plan at MPC step {state.step} (seed {cfg.seed}, "
-            f"{solver_cfg.name} {solver_cfg.samples}x{solver_cfg.iterations}, H={cfg.horizon}, objective "
+            f"{solver_cfg.name} {solver_cfg.samples}x{solver_cfg.iterations}, H={horizon}, objective "
             f"{objective['distance']}/{objective['reduce']});\n"
             f"task distance here {state.distance * 100:.1f} cm"))
         result["energy_landscape"] = dict(step=state.step, distance_m=state.distance, solver=solver_cfg.name,
                                           samples=solver_cfg.samples, iterations=solver_cfg.iterations,
-                                          horizon=cfg.horizon, objective=objective,
+                                          horizon=horizon, objective=objective,
                                           offset_applies_to="every step of the plan", **land.summary())
         result["files"]["energy_landscape"] = "energy_landscape.png"
 

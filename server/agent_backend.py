@@ -19,19 +19,14 @@ class AgentBackend:
     """Wraps MPCAgent for the worker: batches of problems in, per-problem outcomes (numpy) out.
 
     Defaults for solver/horizon/samples/iterations come from the checkpoint's optional `planner` entry,
-    else from MPCAgent's defaults. Goal proprio is accepted but unused (our models predict no proprio).
+    else the planner-wide ones (planner.planner_defaults, resolved by MPCAgent). Goal proprio is accepted
+    but unused (our models predict no proprio).
     """
 
     def __init__(self, loaded: checkpoint.Loaded, device: str = "cpu") -> None:
         cfg = loaded.config
         self.config = cfg
-        planner_cfg = cfg.get("planner", {}) or {}
-        agent = MPCAgent(loaded, planner_cfg.get("solver", "cem"), device=device)
-        self.agent = agent.with_planner(
-            horizon=planner_cfg.get("horizon"),
-            samples=planner_cfg.get("samples"),
-            iterations=planner_cfg.get("iterations"),
-        )
+        self.agent = MPCAgent(loaded, device=device)
         pre = Preprocessing.from_checkpoint_config(cfg)
         threshold = cfg.get("goal_energy_threshold")
         a = self.agent

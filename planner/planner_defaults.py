@@ -1,0 +1,77 @@
+"""A checkpoint's own planner settings: config.json `planner` {solver, horizon, samples, iterations,
+evidence}.
+
+The best horizon (or budget) depends on the model: a model whose imagination drifts over many steps is
+exploited by a long-horizon search (docs/BENCHMARKS.md, "Predictor or energy?"). So a checkpoint may
+carry the settings measured best for it; every planner entry point (`planner eval`, `bench`, `pictures`,
+the server's `/v1/plan` defaults, `MPCAgent` itself) starts from them, and an explicit flag or request
+field still wins. A missing entry or key means the planner-wide default (DEFAULT_HORIZON, the solver's
+own budget). `evidence` says which measurement chose them (a results file and its command).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from planner.solvers import SOLVERS, SolverConfig, make_solver, validate_budget, with_budget
+
+DEFAULT_HORIZON = 15
+"""Planning horizon in control steps when neither the caller nor the checkpoint sets one."""
+DEFAULT_SOLVER = "cem"
+CONFIG_KEY = "planner"
+
+
+@dataclass(frozen=True)
+class PlannerDefaults:
+    """Planner settings a checkpoint ships with; None: the planner-wide default."""
+
+    solver: str | None = None
+    horizon: int | None = None
+    samples: int | None = None
+    """Candidates per iteration; applies to `solver` only (another solver keeps its own default)."""
+    iterations: int | None = None
+    """Solver iterations; applies to `solver` only."""
+    evidence: str | None = None
+    """The measurement that chose these settings (results file, command)."""
+
+    def __post_init__(self) -> None:
+        if self.solver is not None and self.solver not in SOLVERS:
+            raise ValueError(f"planner.solver must be one of {list(SOLVERS)}, got {self.solver!r}")
+        for key in ("horizon", "samples", "iterations"):
+            value = getattr(self, key)
+            if value is not None:
+                validate_budget(**{"samples": 1, "iterations": 1, "horizon": 1, key: value})
+        if (self.samples is not None or self.iterations is not None) and self.solver is None:
+            raise ValueError(
+                "planner.samples / planner.iterations need planner.solver (budgets are per solver)")
+        if self.evidence is not None and not isinstance(self.evidence, str):
+            raise ValueError(f"planner.evidence must be a string, got {type(self.evidence).__name__}")
+
+    @classmethod
+    def from_config(cls, config: dict) -> PlannerDefaults:
+        """The checkpoint config's `planner` entry (absent or null: no defaults); ValueError if malformed."""
+        entry = config.get(CONFIG_KEY) or {}
+        if not isinstance(entry, dict):
+            raise ValueError(f"config.json `{CONFIG_KEY}` must be an object, got {type(entry).__name__}")
+        unknown = sorted(set(entry) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"config.json `{CONFIG_KEY}` has unknown key(s) {unknown}; "
+                             f"known: {list(cls.__dataclass_fields__)}")
+        return cls(**entry)
+
+    def to_dict(self) -> dict:
+        """The config.json entry: only the keys that are set."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def resolve(self, solver: str | None = None, horizon: int | None = None, samples: int | None = None,
+                iterations: int | None = None) -> tuple[SolverConfig, int]:
+        """Explicit arguments over these defaults over the planner-wide ones -> (solver config, horizon)."""
+        name = solver or self.solver or DEFAULT_SOLVER
+        cfg = make_solver(name)
+        if name == self.solver:
+            cfg = with_budget(cfg, samples=self.samples, iterations=self.iterations)
+        cfg = with_budget(cfg, samples=samples, iterations=iterations)
+        h = horizon if horizon is not None else self.horizon if self.horizon is not None else DEFAULT_HORIZON
+        validate_budget(cfg.samples, cfg.iterations, h)
+        return cfg, int(h)
+

@@ -1,0 +1,122 @@
+"""A checkpoint's own planner settings (config.json `planner`): validation, precedence, and every entry point
+that plans (MPCAgent, `planner eval`, the server backend) starting from them; `planner set-planner`."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from planner import checkpoint
+from planner.evaluate import EvalConfig, evaluate
+from planner.mpc import MPCAgent
+from planner.planner_defaults import DEFAULT_HORIZON, PlannerDefaults
+from planner.set_planner import SetPlannerConfig
+from planner.set_planner import run as set_planner
+from planner.solvers import make_solver
+from planner.world_model import WorldModel, WorldModelConfig
+from tests.tiny_checkpoint import tiny_reach_config
+
+
+@pytest.fixture()
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    arch = WorldModelConfig(image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
+                            pred_hidden=16)
+    path = tmp_path / "tiny"
+    checkpoint.save(path, WorldModel(arch).eval(), tiny_reach_config())
+    (path / "card.md").write_text((path / "card.md").read_text() + "\n## Results\n\nhand-written\n")
+    return path
+
+
+def loaded_with(entry):
+    config = {"action": {"dim": 2, "low": [-1, -1], "high": [1, 1]}, "history_len": 2, "image": {"size": 8}}
+    if entry is not None:
+        config["planner"] = entry
+    return SimpleNamespace(model=None, config=config, name="m@0")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"horizon": 0}, "horizon"),
+    ({"horizon": 10**6}, "horizon"),
+    ({"solver": "magic"}, "solver"),
+    ({"samples": 64}, "need planner.solver"),
+    ({"solver": "cem", "iterations": 2.5}, "iterations"),
+    ({"horizon": 8, "speed": "fast"}, "unknown key"),
+    ("8", "must be an object"),
+])
+def test_malformed_entries_are_rejected(entry, message):
+    with pytest.raises(ValueError, match=message):
+        PlannerDefaults.from_config({"planner": entry})
+
+
+def test_precedence_explicit_then_checkpoint_then_planner_wide():
+    d = PlannerDefaults(solver="mppi", horizon=8, samples=64, iterations=3)
+    cfg, h = d.resolve()
+    assert (cfg.name, cfg.samples, cfg.iterations, h) == ("mppi", 64, 3, 8)
+    cfg, h = d.resolve(horizon=5, samples=32)
+    assert (cfg.name, cfg.samples, cfg.iterations, h) == ("mppi", 32, 3, 5)
+    cfg, h = d.resolve(solver="cem")  # the stored budget is mppi's: cem keeps its own
+    default_cem = make_solver("cem")
+    assert (cfg.name, cfg.samples, cfg.iterations, h) == ("cem", default_cem.samples, default_cem.iterations, 8)
+    cfg, h = PlannerDefaults.from_config({}).resolve()
+    assert (cfg, h) == (default_cem, DEFAULT_HORIZON)
+
+
+def test_mpc_agent_starts_from_the_checkpoint_entry():
+    ag = MPCAgent(loaded_with({"solver": "cem", "horizon": 8, "samples": 32}))
+    assert (ag.solver.name, ag.solver.samples, ag.horizon) == ("cem", 32, 8)
+    assert MPCAgent(loaded_with({"horizon": 8}), horizon=4).horizon == 4
+    explicit = make_solver("cem", samples=16)
+    assert MPCAgent(loaded_with({"solver": "cem", "samples": 32}), explicit).solver.samples == 16
+    assert MPCAgent(loaded_with(None)).horizon == DEFAULT_HORIZON
+
+
+def test_load_names_the_file_of_a_malformed_entry(tiny_ckpt):
+    cfg_path = tiny_ckpt / "config.json"
+    config = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(config | {"planner": {"horizon": -1}}))
+    with pytest.raises(checkpoint.CheckpointError, match=r"config\.json: invalid `planner` entry"):
+        checkpoint.load(tiny_ckpt)
+
+
+def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
+    before = checkpoint.load(tiny_ckpt).name
+    entry = set_planner(SetPlannerConfig(checkpoint=tiny_ckpt, horizon=3, solver="cem", samples=8,
+                                         iterations=2, evidence="a test"))
+    assert entry == {"solver": "cem", "horizon": 3, "samples": 8, "iterations": 2, "evidence": "a test"}
+    loaded = checkpoint.load(tiny_ckpt)
+    assert loaded.name == before and loaded.config["planner"] == entry
+    card = (tiny_ckpt / "card.md").read_text()
+    assert "## Planner defaults" in card and "horizon 3" in card and "Evidence: a test" in card
+    assert card.rstrip().endswith("hand-written")
+
+    res = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, progress=False))
+    assert (res["solver"], res["samples"], res["iterations"], res["horizon"]) == ("cem", 8, 2, 3)
+    assert res["checkpoint_planner_defaults"] == entry
+    res = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, horizon=2, progress=False))
+    assert res["horizon"] == 2 and res["samples"] == 8
+    with pytest.raises(ValueError, match="replan-every"):
+        evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, replan_every=4, progress=False))
+
+    from server.agent_backend import AgentBackend
+
+    spec = AgentBackend(loaded).spec.default_planner
+    assert (spec.solver, spec.horizon, spec.samples, spec.iterations) == ("cem", 3, 8, 2)
+
+    assert set_planner(SetPlannerConfig(checkpoint=tiny_ckpt, clear=True)) == {}
+    cleared = checkpoint.load(tiny_ckpt)
+    assert "planner" not in cleared.config and "## Planner defaults" not in (tiny_ckpt / "card.md").read_text()
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(horizon=8), "--evidence is required"),
+    (dict(evidence="x"), "at least one"),
+    (dict(clear=True, horizon=8), "--clear takes no other"),
+    (dict(horizon=0, evidence="x"), "horizon"),
+])
+def test_set_planner_refuses_bad_requests_and_leaves_the_checkpoint(tiny_ckpt, kw, message):
+    before = (tiny_ckpt / "config.json").read_bytes()
+    with pytest.raises(ValueError, match=message):
+        set_planner(SetPlannerConfig(checkpoint=tiny_ckpt, **kw))
+    assert (tiny_ckpt / "config.json").read_bytes() == before
