@@ -90,20 +90,26 @@ def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-RESULTS_HEADING = "## Results"
-"""card.md sections from this heading on are written by hand (measured results): rewrites keep them."""
-
-
 FILLED_BY_SAVE = ("format_version", "model_type", "architecture", "weights_sha256")
 """config.json keys `save` derives from the model; callers pass everything else."""
 
+COMMANDS_HEADING = "## Commands"
+"""render_card's last section: a fenced block of the commands. What follows it in a card.md was appended
+(a stage's note such as "## Energy head", hand-written results) and survives a re-render."""
 
-def card_results_sections(card: str) -> str:
-    """The hand-written tail of a card.md text: from its first RESULTS_HEADING line on ("" if none)."""
+
+def card_appended_sections(card: str) -> str:
+    """Everything after the rendered part of a card.md text: the lines after the closing fence of its
+    COMMANDS_HEADING block, leading blank lines dropped ("" if none, or if the card has no such block)."""
     lines = card.splitlines(keepends=True)
+    fences = 0
     for i, line in enumerate(lines):
-        if line.startswith(RESULTS_HEADING):
-            return "".join(lines[i:])
+        if fences == 0 and line.rstrip("\n") == COMMANDS_HEADING:
+            fences = 1
+        elif fences and line.startswith("```"):
+            if fences == 2:
+                return "".join(lines[i + 1:]).lstrip("\n")
+            fences = 2
     return ""
 
 
@@ -113,7 +119,7 @@ def save(path: str | os.PathLike, model: nn.Module, config: dict, card: str | No
 
     config: everything describing the model except `format_version`, `model_type`, `architecture` and
     `weights_sha256`, which are filled in here from the model. card: card.md text (default: render_card);
-    card_tail: text appended to it (the hand-written results of a card being rewritten).
+    card_tail: text appended to it (a stage's note, or the appended sections of a card being rewritten).
     """
     from safetensors.torch import save_file
 
@@ -149,11 +155,12 @@ def save(path: str | os.PathLike, model: nn.Module, config: dict, card: str | No
 def update_config(path: str | os.PathLike, loaded: Loaded, updates: dict,
                   remove: tuple[str, ...] = ()) -> str:
     """Rewrite CKPT with `updates` merged into its config.json and the keys `remove` dropped: same weights,
-    so the same name; card.md is re-rendered and keeps its hand-written Results sections. Returns the name."""
+    so the same name; card.md is re-rendered and keeps the sections appended after its commands (stage
+    notes, hand-written results). Returns the name."""
     dropped = set(FILLED_BY_SAVE) | set(remove)
     config = {k: v for k, v in loaded.config.items() if k not in dropped} | updates
     card = Path(path) / CARD_FILE
-    tail = card_results_sections(card.read_text()) if card.exists() else ""
+    tail = card_appended_sections(card.read_text()) if card.exists() else ""
     return save(path, loaded.model, config, card_tail=tail)
 
 
@@ -338,7 +345,7 @@ def render_card(config: dict, name: str, commands: list[str] | None = None) -> s
         *[f"| {k} | {_fmt(v)} |" for k, v in metrics.items()],
         "",
         *_planner_lines(config),
-        "## Commands",
+        COMMANDS_HEADING,
         "",
         "```",
         *(commands or config.get("commands", [])),

@@ -15,6 +15,7 @@ from planner.checkpoint import (
     read_config,
     register_model_type,
     save,
+    update_config,
 )
 from planner.world_model import WorldModel, WorldModelConfig
 
@@ -54,6 +55,21 @@ def test_round_trip_identical_outputs(saved):
         torch.testing.assert_close(same, model.rollout(z, ap, acts), rtol=0, atol=0)
     card = (path / "card.md").read_text()
     assert name in card and "probe_r2" in card
+
+
+def test_update_config_keeps_every_section_appended_after_the_commands(saved):
+    """A stage's note (fit-energy-head's "## Energy head") and hand-written results under any heading
+    survive a config update; the rendered part is rendered again."""
+    path, _, name = saved
+    save(path, load(path).model, make_config(), card_tail="## Energy head\n\nfitted again\n")
+    card = path / "card.md"
+    card.write_text(card.read_text() + "\n## Planning results (measured)\n\n| success | 90% |\n")
+    assert update_config(path, load(path), {"goal_energy_threshold": 2.5}) == name
+    text = card.read_text()
+    assert "| goal_energy_threshold |" not in text and "goal_energy_threshold: 2.5" in text
+    assert text.count("## Energy head") == 1 and text.count("## Planning results (measured)") == 1
+    assert text.index("## Commands") < text.index("## Energy head") < text.index("## Planning results")
+    assert text.rstrip().endswith("| success | 90% |")
 
 
 def test_resave_replaces_atomically(saved, tmp_path):

@@ -58,7 +58,8 @@ def test_precedence_explicit_then_checkpoint_then_planner_wide():
     assert (cfg.name, cfg.samples, cfg.iterations, h) == ("mppi", 32, 3, 5)
     cfg, h = d.resolve(solver="cem")  # the stored budget is mppi's: cem keeps its own
     default_cem = make_solver("cem")
-    assert (cfg.name, cfg.samples, cfg.iterations, h) == ("cem", default_cem.samples, default_cem.iterations, 8)
+    assert (cfg.name, h) == ("cem", 8)
+    assert (cfg.samples, cfg.iterations) == (default_cem.samples, default_cem.iterations)
     cfg, h = PlannerDefaults.from_config({}).resolve()
     assert (cfg, h) == (default_cem, DEFAULT_HORIZON)
 
@@ -97,7 +98,8 @@ def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
     res = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, horizon=2, progress=False))
     assert res["horizon"] == 2 and res["samples"] == 8
     with pytest.raises(ValueError, match="replan-every"):
-        evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, replan_every=4, progress=False))
+        evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, replan_every=4,
+                            progress=False))
 
     from server.agent_backend import AgentBackend
 
@@ -106,7 +108,8 @@ def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
 
     assert set_planner(SetPlannerConfig(checkpoint=tiny_ckpt, clear=True)) == {}
     cleared = checkpoint.load(tiny_ckpt)
-    assert "planner" not in cleared.config and "## Planner defaults" not in (tiny_ckpt / "card.md").read_text()
+    assert "planner" not in cleared.config
+    assert "## Planner defaults" not in (tiny_ckpt / "card.md").read_text()
 
 
 @pytest.mark.parametrize("kw, message", [
