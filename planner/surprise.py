@@ -3,12 +3,13 @@
 Per-step surprise of a clip (frames uint8 [T+1,H,W,3], actions [T,A] normalized): for every step t the
 residual r[t] = predict(z[t-K+1..t], a[t-K+1..t]) - z[t+1] (K = history length; before K frames exist the
 first latent repeats and the missing actions are zero, as the MPC pads) gives
-    errors[t] = ||r[t]||^2                    (plain, `score_clip` and POST /v1/surprise), or
+    errors[t] = ||r[t]||^2                    (plain, space "latent"), or
     errors[t] = r[t]^T P r[t]                 (`planner surprise --whiten`, the default),
 with P the inverse of the residual covariance on calibration data (shrunk toward its mean variance), so an
 error in a latent direction the model usually predicts well counts more than one in a noisy direction.
 A checkpoint with an energy head is also scored in the planning energy's space (`world_model_energy`,
-||e(predict) - e(z[t+1])||^2 with e = model.energy_embed: metres of hand and block for a state head).
+||e(predict) - e(z[t+1])||^2 with e = model.energy_embed: metres of hand and block for a state head;
+space "energy", which `score_clip` and POST /v1/surprise use for such a checkpoint: it detects best).
 Errors are normalised by the typical error (median per-step error over possible clips, from a calibration
 set disjoint from the evaluation clips). Steps t < K-1 have padded context and are left out
 of the clip score (max over the remaining steps) and of the flags.
@@ -31,6 +32,10 @@ import torch
 from envs.impossible import KINDS, ClipConfig, mean_pixel_change
 from planner.preprocess import Preprocessing, images_to_model_input
 
+SCORE_SPACES = ("latent", "energy")
+"""Where `score_clip` measures a step's prediction error: the latent, or the planning energy's space."""
+CALIBRATION_SCORES = {"latent": "l2", "energy": "energy"}
+"""Score space -> the `score` name a config.json `surprise` calibration records it under."""
 DEFAULT_FLAG_THRESHOLD = 10.0
 """Flag a step whose error is this many typical errors (used when no calibrated threshold is given)."""
 TARGETS = {"auroc": 0.95, "pairwise_accuracy": 0.95, "peak_within_1": 0.90}
@@ -84,9 +89,10 @@ class SurpriseConfig:
     calibration_data_episodes: int = 100
     """Episodes of --calibration-data used for the covariance."""
     save_calibration: bool = False
-    """Write the plain score's calibration (`serving_calibration`: typical error and flag threshold) into
-    the checkpoint's config.json under `surprise`, where POST /v1/surprise reads it; the weights and the
-    model's name are unchanged, the card's hand-written results are kept."""
+    """Write the served score's calibration (`serving_calibration`: score space, typical error and flag
+    threshold; the energy-space score for a checkpoint with an energy head, else the plain latent one)
+    into the checkpoint's config.json under `surprise`, where POST /v1/surprise reads it; the weights and
+    the model's name are unchanged, the card's appended sections are kept."""
     progress: bool = True
     """Show tqdm progress."""
 
@@ -188,9 +194,21 @@ def energy_space_errors(model, pred: torch.Tensor, z_next: torch.Tensor) -> np.n
     return (model.energy_embed(pred) - model.energy_embed(z_next)).double().square().sum(-1).cpu().numpy()
 
 
-def prediction_errors(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
-                      ) -> np.ndarray:
-    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> float64 [T]: ||predict - z[t+1]||^2 per step."""
+def default_score_space(model) -> str:
+    """"energy" for a model with an energy head (the better detector, docs/SURPRISE.md), else "latent"."""
+    return "energy" if getattr(model, "energy_head", None) is not None else "latent"
+
+
+def prediction_errors(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu",
+                      space: str = "latent") -> np.ndarray:
+    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> float64 [T] per step: ||predict - z[t+1]||^2
+    (space "latent") or the same in the energy head's space (space "energy", energy_space_errors)."""
+    if space not in SCORE_SPACES:
+        raise ValueError(f"space must be one of {SCORE_SPACES}, got {space!r}")
+    if space == "energy":
+        if getattr(model, "energy_head", None) is None:
+            raise ValueError("space 'energy' needs a checkpoint with an energy head; this one has none")
+        return energy_space_errors(model, *predictions(model, frames, actions, device))
     return np.square(prediction_residuals(model, frames, actions, device)).sum(-1)
 
 
@@ -209,16 +227,43 @@ def summarize(errors: np.ndarray, typical_error: float, threshold: float, first_
                           peak_step=peak, typical_error=float(typical_error), threshold=float(threshold))
 
 
+@dataclass(frozen=True)
+class ServingScore:
+    """How POST /v1/surprise scores a clip: the error space and, when calibrated, the typical error."""
+
+    space: str
+    typical_error: float | None
+    threshold: float
+
+    @classmethod
+    def from_checkpoint(cls, config: dict, model) -> ServingScore:
+        """From config.json `surprise` (written by `planner surprise --save-calibration`), else the model's
+        default space, self-normalized, DEFAULT_FLAG_THRESHOLD. ValueError on a calibration that does not
+        fit the model (unknown score, energy score without an energy head)."""
+        calib = config.get("surprise") or {}
+        if not calib:
+            return cls(default_score_space(model), None, DEFAULT_FLAG_THRESHOLD)
+        spaces = {v: k for k, v in CALIBRATION_SCORES.items()}
+        score = calib.get("score", "l2")
+        if score not in spaces:
+            raise ValueError(f"config.json surprise.score must be one of {list(spaces)}, got {score!r}")
+        if spaces[score] == "energy" and getattr(model, "energy_head", None) is None:
+            raise ValueError("config.json surprise.score is 'energy' but the model has no energy head")
+        threshold = float(calib.get("threshold", DEFAULT_FLAG_THRESHOLD))
+        return cls(spaces[score], float(calib["typical_error"]), threshold)
+
+
 def score_clip(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu",
                typical_error: float | None = None,
-               threshold: float = DEFAULT_FLAG_THRESHOLD) -> SurpriseResult:
+               threshold: float = DEFAULT_FLAG_THRESHOLD, space: str | None = None) -> SurpriseResult:
     """Surprise of one clip: frames uint8 [T+1,S,S,3] (the model's size), actions [T,A] normalized.
 
-    typical_error: the model's median per-step error on possible clips (`planner surprise` measures it);
-    None normalizes by the clip's own median error over the scored steps (a violation is a spike against
-    the rest of the clip). Needs T >= K (history length) so that one step has full context.
+    typical_error: the model's median per-step error on possible clips in `space` (`planner surprise`
+    measures it); None normalizes by the clip's own median error over the scored steps (a violation is a
+    spike against the rest of the clip). space: "latent" | "energy" (default: default_score_space).
+    Needs T >= K (history length) so that one step has full context.
     """
-    errors = prediction_errors(model, frames, actions, device)
+    errors = prediction_errors(model, frames, actions, device, space or default_score_space(model))
     first = model.history_len - 1
     if typical_error is None:
         if first >= len(errors):
@@ -417,11 +462,14 @@ def benchmark(cfg: SurpriseConfig) -> dict:
         d.typical = max(float(np.median(np.concatenate(calib_raw[d.name]))), 1e-12)
     calib_scores = [float(e.max()) / detectors[0].typical for e in calib_raw["world_model"]]
     threshold = float(np.quantile(calib_scores, cfg.flag_quantile))
-    plain = next(d for d in detectors if d.name == ("world_model_l2" if cfg.whiten else "world_model"))
-    plain_scores = [float(e.max()) / plain.typical for e in calib_raw[plain.name]]  # score_clip's score
-    serving = dict(score="l2", typical_error=plain.typical, flag_quantile=cfg.flag_quantile, env=cfg.env,
+    space = default_score_space(model)  # what score_clip and POST /v1/surprise compute for this model
+    served = next(d for d in detectors if d.name == ("world_model_energy" if space == "energy" else
+                                                      "world_model_l2" if cfg.whiten else "world_model"))
+    served_scores = [float(e.max()) / served.typical for e in calib_raw[served.name]]
+    serving = dict(score=CALIBRATION_SCORES[space], detector=served.name, typical_error=served.typical,
+                   flag_quantile=cfg.flag_quantile, env=cfg.env,
                    calibration_episodes=cfg.calibration_episodes,
-                   threshold=float(np.quantile(plain_scores, cfg.flag_quantile)))
+                   threshold=float(np.quantile(served_scores, cfg.flag_quantile)))
 
     # evaluation clips
     records, pixel_at_v = [], {kind: {"possible": [], "impossible": []} for kind in cfg.kinds}
@@ -567,7 +615,8 @@ def run(cfg: SurpriseConfig) -> None:
         name = checkpoint.update_config(cfg.checkpoint, loaded, {"surprise": res["serving_calibration"]})
         c = res["serving_calibration"]
         print(f"{name}: config.json surprise = typical error {c['typical_error']:.4g}, flag threshold "
-              f"{c['threshold']:.2f} typical errors (plain score, {c['flag_quantile']:.0%} quantile)")
+              f"{c['threshold']:.2f} typical errors ({c['detector']} score, {c['flag_quantile']:.0%} "
+              "quantile)")
     for path in (cfg.json, cfg.figure):
         if path:
             print(f"wrote {path}")

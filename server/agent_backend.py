@@ -12,6 +12,7 @@ from planner.mpc import MPCAgent, WarmStart
 from planner.objectives import energy, energy_space
 from planner.preprocess import Preprocessing
 from planner.solvers import SOLVERS
+from planner.surprise import ServingScore
 from server.backend import ModelSpec, PlannerParams, PlanOutcome, PlanProblem
 
 
@@ -27,6 +28,7 @@ class AgentBackend:
         cfg = loaded.config
         self.config = cfg
         self.agent = MPCAgent(loaded, device=device)
+        self.surprise_score = ServingScore.from_checkpoint(cfg, loaded.model)
         pre = Preprocessing.from_checkpoint_config(cfg)
         threshold = cfg.get("goal_energy_threshold")
         a = self.agent
@@ -163,20 +165,15 @@ class AgentBackend:
         return out
 
     def surprise(self, frames: np.ndarray, actions: np.ndarray) -> dict:
-        """planner.surprise.score_clip, calibrated by `surprise` in config.json when the checkpoint has it."""
-        from planner.surprise import DEFAULT_FLAG_THRESHOLD, score_clip
+        """planner.surprise.score_clip in the checkpoint's serving space (ServingScore: the energy space for
+        a checkpoint with an energy head), calibrated by `surprise` in config.json when it has one."""
+        from planner.surprise import score_clip
 
-        a = self.agent
-        calib = self.config.get("surprise") or {}
-        r = score_clip(
-            a.model,
-            frames,
-            a.action_spec.to_normalized(actions),
-            device=a.device,
-            typical_error=calib.get("typical_error"),
-            threshold=float(calib.get("threshold", DEFAULT_FLAG_THRESHOLD)),
-        )
+        a, how = self.agent, self.surprise_score
+        r = score_clip(a.model, frames, a.action_spec.to_normalized(actions), device=a.device,
+                       typical_error=how.typical_error, threshold=how.threshold, space=how.space)
         return {
+            "space": how.space,
             "errors": r.errors.tolist(),
             "normalized": r.normalized.tolist(),
             "flagged": r.flagged,

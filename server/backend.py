@@ -126,5 +126,5 @@ class Backend(Protocol):
         latent is given, else None), `latent_norms` and `latent_change` (distance to the current latent)."""
 
     def surprise(self, frames: np.ndarray, actions: np.ndarray) -> dict:
-        """Clip frames uint8 [T+1,S,S,3], native actions float32 [T,A] (T >= history_len) -> per-step
-        `errors`, `normalized`, `flagged`, `score`, `peak_step`, `typical_error`, `threshold`."""
+        """Clip frames uint8 [T+1,S,S,3], native actions float32 [T,A] (T >= history_len) -> `space` and
+        per-step `errors`, `normalized`, `flagged`, `score`, `peak_step`, `typical_error`, `threshold`."""

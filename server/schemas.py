@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -155,8 +155,13 @@ class SurpriseRequest(Strict):
 
 
 class SurpriseResponse(BaseModel):
+    space: Literal["latent", "energy"] = Field(
+        description="Where errors are measured: the latent, or the planning energy's space (checkpoints "
+        "with an energy head; for a state head, metres of hand and block)."
+    )
     errors: list[float] = Field(
-        description="Per-step squared latent prediction error ||predict - z[t+1]||^2."
+        description="Per-step squared prediction error ||e(predict) - e(z[t+1])||^2, e the identity "
+        "(space latent) or the energy head (space energy)."
     )
     normalized: list[float] = Field(description="errors / typical_error.")
     flagged: list[int] = Field(

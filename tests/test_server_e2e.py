@@ -171,7 +171,7 @@ def test_surprise_scores_a_clip(server):
     assert r.status_code == 200, r.text
     out = r.json()
     assert len(out["errors"]) == 5 and all(e >= 0 for e in out["errors"]) and out["peak_step"] >= 1
-    assert out["threshold"] > 0 and out["typical_error"] > 0
+    assert out["space"] in ("latent", "energy") and out["threshold"] > 0 and out["typical_error"] > 0
 
 
 def test_embed_and_rollout(client):

@@ -110,6 +110,7 @@ class FakeBackend:
         z = self.encode(frames)
         errors = (np.linalg.norm(np.diff(z, axis=0), axis=1) ** 2).tolist()
         return {
+            "space": "latent",
             "errors": errors,
             "normalized": errors,
             "flagged": [],

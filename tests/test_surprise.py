@@ -371,3 +371,49 @@ def test_energy_space_surprise_reads_the_prediction_through_the_energy_head(tmp_
     res = json.loads(out.read_text())
     assert set(res["detectors"]) == {"world_model", "world_model_l2", "world_model_energy", "untrained",
                                      "pixel"}
+
+
+def test_a_checkpoint_with_an_energy_head_is_served_in_energy_space(tmp_path, clips):
+    """score_clip and POST /v1/surprise score such a checkpoint where it detects best, and --save-calibration
+    stores that score's calibration; a latent-only checkpoint keeps the plain latent score."""
+    from planner import checkpoint
+    from planner.energy_head import EnergyHead
+    from planner.surprise import ServingScore, SurpriseConfig, energy_space_errors, predictions, run
+    from server.agent_backend import AgentBackend
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    assert ServingScore.from_checkpoint({}, model).space == "latent"
+    model.attach_energy_head(EnergyHead(model.cfg.latent_dim, 3, 16).eval())
+    p = clips.possible
+    want = energy_space_errors(model, *predictions(model, p.frames, p.actions))
+    np.testing.assert_allclose(score_clip(model, p.frames, p.actions).errors, want)
+    np.testing.assert_allclose(prediction_errors(model, p.frames, p.actions, space="energy"), want)
+    assert not np.allclose(score_clip(model, p.frames, p.actions, space="latent").errors, want)
+
+    ck = tmp_path / "ckpt"
+    save_checkpoint(ck, model)
+    run(SurpriseConfig(checkpoint=ck, env="ArmPush-v0", episodes=2, calibration_episodes=2,
+                       whitening_episodes=2, steps=8, kinds=("teleport",), save_calibration=True,
+                       progress=False, threads=1))
+    loaded = checkpoint.load(ck)
+    calib = loaded.config["surprise"]
+    assert calib["score"] == "energy" and calib["detector"] == "world_model_energy"
+    backend = AgentBackend(loaded)
+    out = backend.surprise(p.frames, backend.agent.action_spec.to_native(p.actions))
+    assert out["space"] == "energy" and out["typical_error"] == pytest.approx(calib["typical_error"])
+    np.testing.assert_allclose(out["errors"], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("calib, message", [
+    ({"score": "pixels", "typical_error": 1.0}, "surprise.score must be one of"),
+    ({"score": "energy", "typical_error": 1.0}, "no energy head"),
+])
+def test_a_serving_calibration_that_does_not_fit_the_model_is_refused(calib, message):
+    from planner.surprise import ServingScore
+
+    with pytest.raises(ValueError, match=message):
+        ServingScore.from_checkpoint({"surprise": calib}, tiny_model())
+    with pytest.raises(ValueError, match="space must be one of"):
+        prediction_errors(tiny_model(), np.zeros((3, 64, 64, 3), np.uint8), np.zeros((2, 4), np.float32),
+                          space="pixels")
