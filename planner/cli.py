@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fit-energy-head": ("planner.fit_energy_head", "FitEnergyHeadConfig"),
     "calibrate": ("planner.calibrate", "CalibrateConfig"),
     "set-planner": ("planner.set_planner", "SetPlannerConfig"),
+    "ensemble": ("planner.ensemble", "EnsembleConfig"),
     "train-baseline": ("planner.train_baselines", "BaselineTrainConfig"),
     "eval": ("planner.evaluate", "EvalConfig"),
     "bench": ("planner.bench", "BenchConfig"),

@@ -69,6 +69,9 @@ class EvalConfig:
     pixel checkpoints only, docs/COMPARISON.md)."""
     objective_reduce: str | None = None
     """Over the horizon: final | mean | weighted (default: planner.objectives.ObjectiveConfig's)."""
+    disagreement: float | None = None
+    """Weight of the ensemble members' disagreement in the cost (planner.objectives; needs an ensemble
+    checkpoint; default: the checkpoint's `planner` entry, else 0)."""
     max_steps: int | None = None
     """Cap on steps per episode below the task's step budget (smoke tests); default: the budget."""
     stop_on_goal: bool = True
@@ -339,8 +342,8 @@ def make_agent(loaded, cfg: EvalConfig, solver_cfg, horizon: int):
             raise ValueError(f"--replan-every must be 1 for a gcbc checkpoint (the policy acts every step), "
                              f"got {cfg.replan_every}")
         return PolicyAgent(loaded, device=cfg.device)
-    kw = {} if cfg.objective_reduce is None else {"reduce": cfg.objective_reduce}
-    objective = ObjectiveConfig(space=cfg.objective_space, **kw)
+    objective = PlannerDefaults.from_config(loaded.config).objective(
+        space=cfg.objective_space, reduce=cfg.objective_reduce, disagreement=cfg.disagreement)
     agent = MPCAgent(loaded, solver_cfg, horizon=horizon, objective=objective, device=cfg.device)
     if cfg.replan_every > agent.horizon:
         raise ValueError(f"--replan-every must be in 1..horizon ({agent.horizon}), got {cfg.replan_every}")

@@ -8,7 +8,8 @@ through to_dict/from_dict): the agent holds no per-episode state, so a server us
 
 goal_reached: the energy ||z_now - z_goal||_2 of the *current* observation is at most the checkpoint's
 calibrated `goal_energy_threshold` (the threshold was calibrated on states, not on imagined latents).
-`Plan.energy` is the energy of the plan's imagined final latent.
+`Plan.energy` is the energy of the plan's imagined final latent (the ensemble members' mean when the
+objective weighs their disagreement).
 """
 
 from __future__ import annotations
@@ -102,9 +103,9 @@ class Plan:
     """Result of one MPC step for B problems (numpy, on the CPU).
 
     actions float32[B,H,A] native units (clipped to the action spec); actions_normalized float32[B,H,A];
-    energy float32[B] of the imagined final latent; current_energy float32[B] of the current observation;
-    goal_reached bool[B] (current_energy <= goal_energy_threshold); plan_ms: wall time of this call;
-    warm_start: one WarmStart per problem.
+    energy float32[B] of the imagined final latent (members' mean with disagreement > 0); current_energy
+    float32[B] of the current observation; goal_reached bool[B] (current_energy <= goal_energy_threshold);
+    plan_ms: wall time of this call; warm_start: one WarmStart per problem.
     """
 
     actions: np.ndarray
@@ -119,8 +120,8 @@ class Plan:
 class MPCAgent:
     """Plans with a loaded checkpoint (`planner.checkpoint.Loaded`) and a solver; holds no episode state.
 
-    solver (a name or a full SolverConfig) and horizon default to the checkpoint's config.json `planner`
-    entry, else the planner-wide defaults (planner.planner_defaults); a solver name picks up the
+    solver (a name or a full SolverConfig), horizon and objective default to the checkpoint's config.json
+    `planner` entry, else the planner-wide defaults (planner.planner_defaults); a solver name picks up the
     checkpoint's budget for that solver.
     """
 
@@ -140,7 +141,7 @@ class MPCAgent:
         named, self.horizon = defaults.resolve(None if isinstance(solver, SolverConfig) else solver, horizon)
         self.solver = solver if isinstance(solver, SolverConfig) else named
         validate_budget(self.solver.samples, self.solver.iterations, self.horizon)
-        self.objective = objective or ObjectiveConfig()
+        self.objective = objective or defaults.objective()
         self.device = torch.device(device)
         cfg = loaded.config
         self.action_spec = ActionSpec.from_config(cfg["action"])
@@ -241,10 +242,14 @@ class MPCAgent:
         sol = solve(objective, self.solver, batch=b, horizon=self.horizon, action_dim=a_dim,
                     init=init, generator=gen, device=self.device)
         with torch.no_grad():
-            final = self.model.rollout(z, a_prev, sol.actions[:, None])[:, 0, -1]
             embed = energy_space(self.model)
             e_goal = embed(goal)
-            e_plan = energy(embed(final), e_goal).cpu().numpy()
+            if self.objective.disagreement > 0:  # the members' mean, as the objective sees the plan
+                final = self.model.rollout_members(z, a_prev, sol.actions[:, None])[:, :, 0, -1]  # [M,B,D]
+                e_plan = energy(embed(final), e_goal).mean(0).cpu().numpy()
+            else:
+                final = self.model.rollout(z, a_prev, sol.actions[:, None])[:, 0, -1]
+                e_plan = energy(embed(final), e_goal).cpu().numpy()
             e_now = energy(embed(z[:, -1]), e_goal).cpu().numpy()
         norm = sol.actions.detach().cpu().numpy().astype(np.float32)
         state = sol.state.detach().cpu().numpy()

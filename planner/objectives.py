@@ -36,6 +36,10 @@ class ObjectiveConfig:
     """`latent`: distances between latents; `pixel`: between frames decoded from the imagined latents and
     the decoded goal latent, per pixel (RMS for l2, mean for l1); needs a model with `decode` (model_type
     pixel, planner.pixel_model)."""
+    disagreement: float = 0.0
+    """w > 0: every ensemble member (a model with pred_ensemble > 1) imagines each candidate, and the cost is
+    mean_m c_m + w * std_m c_m over the members' costs c_m, so that a plan only some members believe in
+    costs more (a search exploits one model's errors; docs/PLANNING.md). 0: member 0 alone."""
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
@@ -48,6 +52,8 @@ class ObjectiveConfig:
             raise ValueError(f"objective discount must be in (0, 1], got {self.discount}")
         if self.smoothness < 0:
             raise ValueError(f"objective smoothness must be >= 0, got {self.smoothness}")
+        if not 0.0 <= self.disagreement < float("inf"):
+            raise ValueError(f"objective disagreement must be a finite number >= 0, got {self.disagreement}")
 
 
 def energy(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
@@ -90,10 +96,15 @@ def make_objective(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """objective(actions float[B,S,H,A] normalized) -> cost float[B,S].
 
-    model: has `rollout(z_hist [B,K,D], a_prev [B,K-1,A], actions [B,S,H,A]) -> z [B,S,H,D]`.
+    model: has `rollout(z_hist [B,K,D], a_prev [B,K-1,A], actions [B,S,H,A]) -> z [B,S,H,D]` (and, for
+    cfg.disagreement > 0, `rollout_members` -> [M,B,S,H,D]).
     z_hist [B,K,D] latest latents, a_prev [B,K-1,A] normalized actions between them, z_goal [B,D].
     Differentiable in `actions` (for gradient-based solvers).
     """
+    members = getattr(getattr(model, "cfg", None), "pred_ensemble", 1)
+    if cfg.disagreement > 0 and (members < 2 or cfg.space != "latent"):
+        raise ValueError(f"objective disagreement > 0 needs an ensemble of predictors (`planner ensemble`) "
+                         f"and space 'latent'; this model has {members} predictor(s), space {cfg.space!r}")
     if cfg.space == "pixel":
         if not hasattr(model, "decode"):
             raise ValueError(f"objective space 'pixel' needs a model with decode (a pixel checkpoint); "
@@ -113,10 +124,17 @@ def make_objective(
         per_pixel = latent_distance(frames, goal, cfg.distance)
         return per_pixel / (frames.shape[-1] ** 0.5 if cfg.distance == "l2" else frames.shape[-1])
 
+    def reduced(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Imagined latents [B,S,H,D] -> cost [B,S] over the horizon."""
+        return distance(z[:, :, -1:])[:, :, 0] if cfg.reduce == "final" else (distance(z) * w).sum(-1)
+
     def objective(actions: torch.Tensor) -> torch.Tensor:
-        z = model.rollout(z_hist, a_prev, actions)  # [B,S,H,D]
         w = horizon_weights(actions.shape[2], cfg, device=actions.device)
-        cost = distance(z[:, :, -1:])[:, :, 0] if cfg.reduce == "final" else (distance(z) * w).sum(-1)
+        if cfg.disagreement > 0:
+            costs = torch.stack([reduced(z, w) for z in model.rollout_members(z_hist, a_prev, actions)])
+            cost = costs.mean(0) + cfg.disagreement * costs.std(0)  # [M,B,S] -> [B,S]
+        else:
+            cost = reduced(model.rollout(z_hist, a_prev, actions), w)  # rollout [B,S,H,D]
         if cfg.smoothness > 0 and actions.shape[2] > 1:
             cost = cost + cfg.smoothness * actions.diff(dim=2).pow(2).sum(-1).mean(-1)
         return cost

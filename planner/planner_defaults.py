@@ -1,5 +1,5 @@
 """A checkpoint's own planner settings: config.json `planner` {solver, horizon, samples, iterations,
-evidence}.
+disagreement, evidence}.
 
 The best horizon (or budget) depends on the model: a model whose imagination drifts over many steps is
 exploited by a long-horizon search (docs/BENCHMARKS.md, "Predictor or energy?"). So a checkpoint may
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from planner.objectives import ObjectiveConfig
 from planner.solvers import SOLVERS, SolverConfig, make_solver, validate_budget, with_budget
 
 DEFAULT_HORIZON = 15
@@ -31,6 +32,8 @@ class PlannerDefaults:
     """Candidates per iteration; applies to `solver` only (another solver keeps its own default)."""
     iterations: int | None = None
     """Solver iterations; applies to `solver` only."""
+    disagreement: float | None = None
+    """The objective's ensemble-disagreement weight (planner.objectives.ObjectiveConfig)."""
     evidence: str | None = None
     """The measurement that chose these settings (results file, command)."""
 
@@ -44,6 +47,9 @@ class PlannerDefaults:
         if (self.samples is not None or self.iterations is not None) and self.solver is None:
             raise ValueError(
                 "planner.samples / planner.iterations need planner.solver (budgets are per solver)")
+        if self.disagreement is not None and (isinstance(self.disagreement, bool) or not isinstance(
+                self.disagreement, (int, float)) or not 0 <= self.disagreement < float("inf")):
+            raise ValueError(f"planner.disagreement must be a finite number >= 0, got {self.disagreement!r}")
         if self.evidence is not None and not isinstance(self.evidence, str):
             raise ValueError(f"planner.evidence must be a string, got {type(self.evidence).__name__}")
 
@@ -62,6 +68,12 @@ class PlannerDefaults:
     def to_dict(self) -> dict:
         """The config.json entry: only the keys that are set."""
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def objective(self, **overrides) -> ObjectiveConfig:
+        """The planning objective: ObjectiveConfig's defaults, this checkpoint's disagreement weight, then
+        `overrides` (None values ignored)."""
+        kw = {} if self.disagreement is None else {"disagreement": float(self.disagreement)}
+        return ObjectiveConfig(**kw | {k: v for k, v in overrides.items() if v is not None})
 
     def resolve(self, solver: str | None = None, horizon: int | None = None, samples: int | None = None,
                 iterations: int | None = None) -> tuple[SolverConfig, int]:

@@ -182,6 +182,11 @@ def run(cfg: RefitConfig) -> Path | None:
     _check(cfg)
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
+    members = checkpoint.read_config(cfg.checkpoint)["architecture"].get("pred_ensemble", 1)
+    if members > 1:
+        raise RefitError(f"{cfg.checkpoint} holds an ensemble of {members} predictors; refit-predictor "
+                         "trains one: refit the single-predictor checkpoint the ensemble was assembled from, "
+                         "then `planner ensemble` again")
     loaded, store, train_idx, val_idx, val_source = open_frozen(cfg.checkpoint, cfg.data, device,
                                                                 "refit-predictor")
     model = loaded.model

@@ -29,6 +29,8 @@ class SetPlannerConfig:
     """Default candidates per iteration for --solver; unset: the solver's."""
     iterations: int | None = None
     """Default iterations for --solver; unset: the solver's."""
+    disagreement: float | None = None
+    """Default weight of the ensemble members' disagreement in the cost (an ensemble checkpoint); unset: 0."""
     evidence: str | None = None
     """The measurement behind these settings (results file, command, figures); required unless --clear."""
     clear: bool = False
@@ -41,16 +43,20 @@ def run(cfg: SetPlannerConfig) -> dict:
     from planner.cli import invoked_command
     from planner.planner_defaults import CONFIG_KEY, PlannerDefaults
 
-    settings = (cfg.solver, cfg.horizon, cfg.samples, cfg.iterations)
+    settings = (cfg.solver, cfg.horizon, cfg.samples, cfg.iterations, cfg.disagreement)
     if cfg.clear and (any(v is not None for v in settings) or cfg.evidence):
         raise ValueError("--clear takes no other settings")
     if not cfg.clear:
         if all(v is None for v in settings):
-            raise ValueError("give at least one of --solver, --horizon, --samples, --iterations (or --clear)")
+            raise ValueError("give at least one of --solver, --horizon, --samples, --iterations, "
+                             "--disagreement (or --clear)")
         if not (cfg.evidence or "").strip():
             raise ValueError("--evidence is required: say which measurement chose these settings")
     entry = {} if cfg.clear else PlannerDefaults(*settings, evidence=cfg.evidence.strip()).to_dict()
     loaded = checkpoint.load(cfg.checkpoint)
+    if entry.get("disagreement") and getattr(loaded.model.cfg, "pred_ensemble", 1) < 2:
+        raise ValueError(f"--disagreement needs an ensemble checkpoint (`planner ensemble`); {loaded.name} "
+                         "has one predictor")
     command = invoked_command("set-planner")
     updates = {"commands": [*loaded.config.get("commands", []), *([command] if command else [])]}
     if entry:

@@ -44,6 +44,11 @@ class WorldModelConfig:
     """Predictor hidden width."""
     pred_blocks: int = 1
     """Residual blocks (LayerNorm -> Linear -> GELU -> Linear) in the predictor."""
+    pred_ensemble: int = 1
+    """M: predictors. Member 0 (`predictor`) is the model's prediction everywhere (training, `predict`,
+    surprise, quality); members 1..M-1 (`extra_predictors`, assembled by `planner ensemble` from predictors
+    refitted on the same frozen encoder) join only planning, whose objective can penalize their
+    disagreement (planner.objectives, `disagreement`)."""
     energy_head_dim: int = 0
     """E of the energy head (planner.energy_head) fitted after training; 0: no head, the energy is the raw
     latent distance. Set by the fit, not by hand."""
@@ -57,7 +62,7 @@ class WorldModelConfig:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by 2**{n} (one halving per encoder layer)"
             )
-        for name in ("action_dim", "latent_dim", "history_len", "pred_hidden"):
+        for name in ("action_dim", "latent_dim", "history_len", "pred_hidden", "pred_ensemble"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.enc_keypoints < 0 or not 1 <= self.enc_keypoint_layer <= n:
@@ -172,6 +177,7 @@ class WorldModel(nn.Module):
         self.cfg = replace(cfg)  # own copy: attach_energy_head updates it, never the caller's config
         self.encoder = Encoder(cfg)
         self.predictor = Predictor(cfg)
+        self.extra_predictors = nn.ModuleList(Predictor(cfg) for _ in range(cfg.pred_ensemble - 1))
         self.energy_head = None
         if cfg.energy_head_dim:
             self.energy_head = EnergyHead(cfg.latent_dim, cfg.energy_head_dim, cfg.energy_head_hidden)
@@ -204,12 +210,26 @@ class WorldModel(nn.Module):
         """z_hist [B,K,D], a_hist [B,K,A] (a_hist[:, -1] taken at the last frame) -> z_next [B,D]."""
         return self.predictor(z_hist, a_hist)
 
-    def rollout(self, z_hist: torch.Tensor, a_prev: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    @property
+    def members(self) -> list[nn.Module]:
+        """The M predictors, member 0 first."""
+        return [self.predictor, *self.extra_predictors]
+
+    def rollout_members(self, z_hist: torch.Tensor, a_prev: torch.Tensor,
+                        actions: torch.Tensor) -> torch.Tensor:
+        """`rollout` by every ensemble member: -> z [M,B,S,H,D]."""
+        return torch.stack([self.rollout(z_hist, a_prev, actions, member=m)
+                            for m in range(self.cfg.pred_ensemble)])
+
+    def rollout(self, z_hist: torch.Tensor, a_prev: torch.Tensor, actions: torch.Tensor,
+                member: int = 0) -> torch.Tensor:
         """Open-loop imagination for B problems x S candidates x H steps; encodes nothing.
 
         z_hist [B,K,D] latest K latents; a_prev [B,K-1,A] actions taken between them (K-1 may be 0);
         actions [B,S,H,A] candidate sequences -> z [B,S,H,D], z[:, :, h] the latent after actions[:, :, h].
+        member: which ensemble predictor imagines (0: the model's own).
         """
+        predictor = self.members[member]
         b, s, h, a = actions.shape
         k, d = self.cfg.history_len, self.cfg.latent_dim
         if z_hist.shape != (b, k, d) or a_prev.shape != (b, k - 1, a):
@@ -223,7 +243,7 @@ class WorldModel(nn.Module):
         out = []
         for t in range(h):
             a_win = torch.cat([a_ctx, acts[:, t : t + 1]], dim=1)
-            z_next = self.predictor(z, a_win)
+            z_next = predictor(z, a_win)
             out.append(z_next)
             z = torch.cat([z[:, 1:], z_next.unsqueeze(1)], dim=1)
             a_ctx = a_win[:, 1:]
