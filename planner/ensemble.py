@@ -98,8 +98,10 @@ def run(cfg: EnsembleConfig) -> str:
     member_commands = [c for member in members for c in member.config.get("commands", []) if c not in before]
     command = invoked_command("ensemble")
     names = [*(config.get("ensemble") or {}).get("members", [base.name]), *(m.name for m in members)]
+    refitted_from = {**(config.get("ensemble") or {}).get("refitted_from", {}),
+                     **{m.name: (m.config.get("predictor_refit") or {}).get("source") for m in members}}
     config.update(
-        ensemble={"members": names, "source": base.name},
+        ensemble={"members": names, "source": base.name, "refitted_from": refitted_from},
         commands=[*before, *member_commands, *([command] if command else [])],
     )
     listed = ", ".join(f"`{n}`" for n in names)

@@ -60,6 +60,7 @@ def test_assembled_ensemble_round_trips_and_keeps_member_0_as_the_model(parts, t
         torch.testing.assert_close(own, srcs[0].predict(z, a_hist), rtol=0, atol=0)
     names = [checkpoint.load(parts[n]).name for n in ("base", "m1", "m2")]
     assert loaded.config["ensemble"]["members"] == names
+    assert loaded.config["ensemble"]["refitted_from"] == {names[1]: None, names[2]: None}  # not refits
     assert loaded.config["commands"] == ["planner train base", "planner train m1", "planner train m2"]
     assert "## Predictor ensemble" in (out / "card.md").read_text()
 
