@@ -332,7 +332,7 @@ def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
 # ----------------------------------------------------------------------------------------------- run
 
 
-def make_agent(loaded, cfg: EvalConfig, solver_cfg, horizon: int):
+def make_agent(loaded, cfg: EvalConfig, solver_cfg, horizon: int, objective: ObjectiveConfig):
     """The acting agent for a loaded checkpoint: MPCAgent for world models (jepa, pixel); for gcbc the
     policy itself (planner.gcbc.PolicyAgent: same interface, acts every step, no planning)."""
     if loaded.config["model_type"] == "gcbc":
@@ -342,8 +342,6 @@ def make_agent(loaded, cfg: EvalConfig, solver_cfg, horizon: int):
             raise ValueError(f"--replan-every must be 1 for a gcbc checkpoint (the policy acts every step), "
                              f"got {cfg.replan_every}")
         return PolicyAgent(loaded, device=cfg.device)
-    objective = PlannerDefaults.from_config(loaded.config).objective(
-        space=cfg.objective_space, reduce=cfg.objective_reduce, disagreement=cfg.disagreement)
     agent = MPCAgent(loaded, solver_cfg, horizon=horizon, objective=objective, device=cfg.device)
     if cfg.replan_every > agent.horizon:
         raise ValueError(f"--replan-every must be in 1..horizon ({agent.horizon}), got {cfg.replan_every}")
@@ -377,7 +375,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     rule = Preprocessing.from_checkpoint_config(ck)
     defaults = PlannerDefaults.from_config(ck)
     solver_cfg, horizon = defaults.resolve(cfg.solver, cfg.horizon, cfg.samples, cfg.iterations)
-    agent = make_agent(loaded, cfg, solver_cfg, horizon)
+    objective = defaults.objective(space=cfg.objective_space, reduce=cfg.objective_reduce,
+                                   disagreement=cfg.disagreement)
+    agent = make_agent(loaded, cfg, solver_cfg, horizon, objective)
     is_policy = ck["model_type"] == "gcbc"
     subgoals = bool(cfg.subgoals and not is_policy)  # agent and simulator ceiling alike
     indices = range(cfg.first_episode, cfg.first_episode + cfg.episodes)
