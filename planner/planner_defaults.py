@@ -27,15 +27,18 @@ class PlannerDefaults:
     """Planner settings a checkpoint ships with; None: the planner-wide default."""
 
     solver: str | None = None
+    """Solver: cem | icem | mppi | cmaes | gd (None: DEFAULT_SOLVER)."""
     horizon: int | None = None
+    """Planning horizon in control steps (None: DEFAULT_HORIZON)."""
     samples: int | None = None
     """Candidates per iteration; applies to `solver` only (another solver keeps its own default)."""
     iterations: int | None = None
     """Solver iterations; applies to `solver` only."""
     disagreement: float | None = None
-    """The objective's ensemble-disagreement weight (planner.objectives.ObjectiveConfig)."""
+    """Weight of the ensemble members' disagreement in the cost (planner.objectives.ObjectiveConfig; an
+    ensemble checkpoint only; None: 0)."""
     evidence: str | None = None
-    """The measurement that chose these settings (results file, command)."""
+    """The measurement that chose these settings (results file, command, figures)."""
 
     def __post_init__(self) -> None:
         if self.solver is not None and self.solver not in SOLVERS:

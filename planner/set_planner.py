@@ -11,8 +11,12 @@ unchanged; config.json and card.md are rewritten atomically (the card keeps its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import tyro
+
+from planner.planner_defaults import CONFIG_KEY, PlannerDefaults
 
 
 @dataclass
@@ -21,18 +25,9 @@ class SetPlannerConfig:
 
     checkpoint: Path
     """Checkpoint directory to update."""
-    solver: str | None = None
-    """Default solver (cem | icem | mppi | cmaes | gd); unset: cem."""
-    horizon: int | None = None
-    """Default planning horizon; unset: 15."""
-    samples: int | None = None
-    """Default candidates per iteration for --solver; unset: the solver's."""
-    iterations: int | None = None
-    """Default iterations for --solver; unset: the solver's."""
-    disagreement: float | None = None
-    """Default weight of the ensemble members' disagreement in the cost (an ensemble checkpoint); unset: 0."""
-    evidence: str | None = None
-    """The measurement behind these settings (results file, command, figures); required unless --clear."""
+    settings: tyro.conf.OmitArgPrefixes[PlannerDefaults] = field(default_factory=PlannerDefaults)
+    """The entry to store (flags --solver, --horizon, --samples, --iterations, --disagreement, --evidence;
+    --evidence is required unless --clear)."""
     clear: bool = False
     """Remove the entry: the checkpoint plans with the planner-wide defaults again."""
 
@@ -41,18 +36,18 @@ def run(cfg: SetPlannerConfig) -> dict:
     """Validate and write the entry; returns it ({} after --clear)."""
     from planner import checkpoint
     from planner.cli import invoked_command
-    from planner.planner_defaults import CONFIG_KEY, PlannerDefaults
 
-    settings = (cfg.solver, cfg.horizon, cfg.samples, cfg.iterations, cfg.disagreement)
-    if cfg.clear and (any(v is not None for v in settings) or cfg.evidence):
+    given = {k: v for k, v in asdict(cfg.settings).items() if v is not None and k != "evidence"}
+    evidence = (cfg.settings.evidence or "").strip()
+    if cfg.clear and (given or evidence):
         raise ValueError("--clear takes no other settings")
     if not cfg.clear:
-        if all(v is None for v in settings):
+        if not given:
             raise ValueError("give at least one of --solver, --horizon, --samples, --iterations, "
                              "--disagreement (or --clear)")
-        if not (cfg.evidence or "").strip():
+        if not evidence:
             raise ValueError("--evidence is required: say which measurement chose these settings")
-    entry = {} if cfg.clear else PlannerDefaults(*settings, evidence=cfg.evidence.strip()).to_dict()
+    entry = {} if cfg.clear else PlannerDefaults(**given, evidence=evidence).to_dict()
     loaded = checkpoint.load(cfg.checkpoint)
     if entry.get("disagreement") and getattr(loaded.model.cfg, "pred_ensemble", 1) < 2:
         raise ValueError(f"--disagreement needs an ensemble checkpoint (`planner ensemble`); {loaded.name} "

@@ -14,6 +14,7 @@ from planner.ensemble import EnsembleConfig
 from planner.ensemble import run as ensemble
 from planner.mpc import MPCAgent
 from planner.objectives import ObjectiveConfig, horizon_weights, latent_distance, make_objective
+from planner.planner_defaults import PlannerDefaults
 from planner.set_planner import SetPlannerConfig
 from planner.set_planner import run as set_planner
 from planner.world_model import WorldModel, WorldModelConfig
@@ -110,8 +111,10 @@ def test_the_planner_takes_the_disagreement_weight_from_the_checkpoint(parts, tm
     out = tmp_path / "ens"
     ensemble(EnsembleConfig(checkpoint=parts["base"], members=(parts["m1"],), out=out))
     with pytest.raises(ValueError, match="needs an ensemble checkpoint"):
-        set_planner(SetPlannerConfig(checkpoint=parts["base"], disagreement=1.0, evidence="x"))
-    set_planner(SetPlannerConfig(checkpoint=out, disagreement=1.5, horizon=3, evidence="a test"))
+        set_planner(SetPlannerConfig(checkpoint=parts["base"],
+                                     settings=PlannerDefaults(disagreement=1.0, evidence="x")))
+    set_planner(SetPlannerConfig(checkpoint=out, settings=PlannerDefaults(disagreement=1.5, horizon=3,
+                                                                          evidence="a test")))
     agent = MPCAgent(checkpoint.load(out))
     assert agent.objective.disagreement == 1.5 and agent.horizon == 3
     rng = np.random.default_rng(0)

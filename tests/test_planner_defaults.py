@@ -83,8 +83,8 @@ def test_load_names_the_file_of_a_malformed_entry(tiny_ckpt):
 
 def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
     before = checkpoint.load(tiny_ckpt).name
-    entry = set_planner(SetPlannerConfig(checkpoint=tiny_ckpt, horizon=3, solver="cem", samples=8,
-                                         iterations=2, evidence="a test"))
+    settings = PlannerDefaults(horizon=3, solver="cem", samples=8, iterations=2, evidence="a test")
+    entry = set_planner(SetPlannerConfig(checkpoint=tiny_ckpt, settings=settings))
     assert entry == {"solver": "cem", "horizon": 3, "samples": 8, "iterations": 2, "evidence": "a test"}
     loaded = checkpoint.load(tiny_ckpt)
     assert loaded.name == before and loaded.config["planner"] == entry
@@ -112,14 +112,19 @@ def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
     assert "## Planner defaults" not in (tiny_ckpt / "card.md").read_text()
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(horizon=8), "--evidence is required"),
-    (dict(evidence="x"), "at least one"),
-    (dict(clear=True, horizon=8), "--clear takes no other"),
-    (dict(horizon=0, evidence="x"), "horizon"),
+@pytest.mark.parametrize("flags, code, message", [
+    (["--horizon", "8"], 1, "--evidence is required"),
+    (["--evidence", "x"], 1, "at least one"),
+    (["--clear", "--horizon", "8"], 1, "--clear takes no other"),
+    (["--horizon", "0", "--evidence", "x"], 2, "horizon must be between 1"),  # tyro: a parse error
+    (["--samples", "64", "--evidence", "x"], 2, "need planner.solver"),
 ])
-def test_set_planner_refuses_bad_requests_and_leaves_the_checkpoint(tiny_ckpt, kw, message):
+def test_set_planner_refuses_bad_requests_and_leaves_the_checkpoint(tiny_ckpt, flags, code, message, capsys):
+    from planner.cli import main
+
     before = (tiny_ckpt / "config.json").read_bytes()
-    with pytest.raises(ValueError, match=message):
-        set_planner(SetPlannerConfig(checkpoint=tiny_ckpt, **kw))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["set-planner", "--checkpoint", str(tiny_ckpt), *flags])
+    out = capsys.readouterr()
+    assert exit_info.value.code == code and message in " ".join((out.out + out.err).split())
     assert (tiny_ckpt / "config.json").read_bytes() == before
