@@ -3,7 +3,7 @@ disagreement, evidence}.
 
 The best horizon (or budget) depends on the model: a model whose imagination drifts over many steps is
 exploited by a long-horizon search (docs/BENCHMARKS.md, "Predictor or energy?"). So a checkpoint may
-carry the settings measured best for it; every planner entry point (`planner eval`, `bench`, `pictures`,
+carry the settings measured best for it; every planner entry point (`planner eval`, `bench`, `plots`,
 the server's `/v1/plan` defaults, `MPCAgent` itself) starts from them, and an explicit flag or request
 field still wins. A missing entry or key means the planner-wide default (DEFAULT_HORIZON, the solver's
 own budget). `evidence` says which measurement chose them (a results file and its command).
@@ -89,4 +89,3 @@ class PlannerDefaults:
         h = horizon if horizon is not None else self.horizon if self.horizon is not None else DEFAULT_HORIZON
         validate_budget(cfg.samples, cfg.iterations, h)
         return cfg, int(h)
-

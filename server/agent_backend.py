@@ -12,7 +12,6 @@ from planner.mpc import MPCAgent, WarmStart
 from planner.objectives import energy, energy_space
 from planner.preprocess import Preprocessing
 from planner.solvers import SOLVERS
-from planner.surprise import ServingScore
 from server.backend import ModelSpec, PlannerParams, PlanOutcome, PlanProblem
 
 
@@ -27,6 +26,8 @@ class AgentBackend:
     def __init__(self, loaded: checkpoint.Loaded, device: str = "cpu") -> None:
         cfg = loaded.config
         self.config = cfg
+        from planner.surprise import ServingScore  # imports envs (clip generation): only when serving
+
         self.agent = MPCAgent(loaded, device=device)
         self.surprise_score = ServingScore.from_checkpoint(cfg, loaded.model)
         pre = Preprocessing.from_checkpoint_config(cfg)
