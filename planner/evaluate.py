@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from planner.mpc import MPCAgent, pad_history
-from planner.objectives import ObjectiveConfig, horizon_weights
+from planner.objectives import ObjectiveConfig, energy, energy_space, horizon_weights
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
 from planner.seeding import episode_seed
@@ -87,6 +87,11 @@ class EvalConfig:
     """A sub-goal counts as reached when the current energy is at most this times the checkpoint's
     goal_energy_threshold (< 1: stricter than the final goal, the hand placed more precisely before the
     agent moves on; the JSON records it)."""
+    open_loop_check: bool = False
+    """Diagnose model exploitation: at every planning call also run the chosen plan's whole horizon open
+    loop in a copy of the simulator and record the energy its real final frame has to the current target
+    beside the energy the planner imagined (per episode `open_loop`, summary `open_loop_check`; the
+    episodes themselves are unchanged; about 1.3x the time)."""
     baselines: bool = False
     """Also run the random and true-simulator baselines on the same seeds."""
     sim_samples: int = 64
@@ -184,6 +189,42 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, targ
 # ------------------------------------------------------------------------------------------- episodes
 
 
+IMPROVING = 0.8
+"""A plan counts as improving when its final energy is below this fraction of the current energy."""
+
+
+def open_loop_summary(triples: list[list[float]]) -> dict:
+    """[imagined, real, current] energies of planning calls -> how optimistic the planner was: medians,
+    the real - imagined gap (median, p90), the share of plans imagined as improving and, of those, the
+    share that really improve."""
+    imag, real, cur = np.asarray(triples, dtype=np.float64).T
+    believed = imag < IMPROVING * cur
+    gap = real - imag
+    return dict(calls=len(imag), imagined_median=float(np.median(imag)), real_median=float(np.median(real)),
+                current_median=float(np.median(cur)), optimism_median=float(np.median(gap)),
+                optimism_p90=float(np.quantile(gap, 0.9)), imagined_improving=float(believed.mean()),
+                really_improving_of_imagined=float(np.mean(real[believed] < IMPROVING * cur[believed]))
+                if believed.any() else float("nan"))
+
+
+def open_loop_outcome(env, agent: MPCAgent, rule: Preprocessing, plan, z_target: torch.Tensor) -> list[float]:
+    """[imagined, real, current] energy to the current target of `plan` (B = 1): its actions are also run
+    open loop in the simulator, whose state is restored afterwards, and the real final frame is encoded and
+    measured the way the imagined final latent was (planner.objectives.energy in the energy space)."""
+    u = env.unwrapped
+    snapshot = u.get_snapshot()
+    try:
+        for a in plan.actions_normalized[0]:
+            physics_step(env, a)
+        frame = preprocess_image(u.render(), rule)
+    finally:
+        u.set_snapshot(snapshot)
+    embed = energy_space(agent.model)
+    with torch.no_grad():
+        real = energy(embed(agent.encode(frame[None])), embed(z_target))
+    return [round(float(v), 6) for v in (plan.energy[0], real[0], plan.current_energy[0])]
+
+
 def summarize(records: list[dict]) -> dict:
     """Success, distance and plan-time statistics over episode records (each keeps its own `plan_ms`, so
     shards of one evaluation can be merged exactly: planner.merge_evals)."""
@@ -199,6 +240,9 @@ def summarize(records: list[dict]) -> dict:
         per_subgoal = [[e[k] for e in errors if len(e) > k] for k in range(max(map(len, errors)))]
         out["subgoal_error_median"] = [np.median(np.asarray(e), axis=0).round(4).tolist()
                                        for e in per_subgoal]
+    triples = [c for r in records for c in r.get("open_loop", [])]
+    if triples:
+        out["open_loop_check"] = open_loop_summary(triples)
     return {**out, "per_episode": records}
 
 
@@ -214,8 +258,9 @@ def subgoal_error(u, reset_info: dict, k: int) -> list[float]:
 
 def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, steps: int, replan_every: int,
                       keep_frames: bool = False, stop_on_goal: bool = True, subgoals: bool = True,
-                      subgoal_threshold_scale: float = 1.0) -> dict:
-    """One closed-loop MPC episode; returns its record (plus `_frames`, `_goal` when keep_frames).
+                      subgoal_threshold_scale: float = 1.0, open_loop_check: bool = False) -> dict:
+    """One closed-loop MPC episode; returns its record (plus `_frames`, `_goal` when keep_frames; with
+    `open_loop_check`, `open_loop`: one open_loop_outcome per executed plan).
 
     With `subgoals` the agent plans to each of the env's sub-goal images in turn (then the goal), moving
     to the next one as soon as the current observation's energy to it is at most `subgoal_threshold_scale`
@@ -229,6 +274,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     zero = agent.action_spec.to_native(np.zeros(agent.action_spec.dim, np.float32))
     frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
     plan_ms, energies, reached, target, subgoal_steps, subgoal_errors = [], [], False, 0, [], []
+    open_loop = []
     subgoal_threshold = agent.goal_energy_threshold * subgoal_threshold_scale
     start_distance = float(info["distance"])
     t = 0
@@ -249,6 +295,8 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
                 reached = True
                 break
             warm = plan.warm_start
+            if open_loop_check:
+                open_loop.append(open_loop_outcome(env, agent, rule, plan, z_targets[target]))
             queue = list(range(replan_every))
             planned_norm, planned_native = plan.actions_normalized[0], plan.actions[0]
         if reached:
@@ -271,6 +319,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
         stopped_by_goal_reached=reached,
         energy_curve=energies,
         plan_ms=_rounded(plan_ms),
+        **({"open_loop": open_loop} if open_loop_check else {}),
     )
     if len(z_targets) > 1:
         rec["subgoals"] = len(z_targets) - 1
@@ -379,6 +428,9 @@ def evaluate(cfg: EvalConfig) -> dict:
                                    disagreement=cfg.disagreement)
     agent = make_agent(loaded, cfg, solver_cfg, horizon, objective)
     is_policy = ck["model_type"] == "gcbc"
+    if cfg.open_loop_check and (is_policy or not hasattr(env.unwrapped, "get_snapshot")):
+        raise ValueError("--open-loop-check needs a world model that imagines (not a gcbc policy) and an env "
+                         "whose state can be saved and restored (our Arm* envs)")
     subgoals = bool(cfg.subgoals and not is_policy)  # agent and simulator ceiling alike
     indices = range(cfg.first_episode, cfg.first_episode + cfg.episodes)
     seeds = [episode_seed(cfg.seed, i, "eval") for i in indices]
@@ -392,7 +444,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         keep = video_dir is not None
         rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep,
                                 stop_on_goal=cfg.stop_on_goal, subgoals=subgoals,
-                                subgoal_threshold_scale=cfg.subgoal_threshold_scale)
+                                subgoal_threshold_scale=cfg.subgoal_threshold_scale,
+                                open_loop_check=cfg.open_loop_check)
         rec["index"] = i
         if video_dir:
             from planner.video import write_episode_video

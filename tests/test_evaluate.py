@@ -66,6 +66,32 @@ def test_eval_writes_video(tiny_ckpt, tmp_path):
     assert len(frames) == 3 and frames[0].shape[-1] in (3, 4)
 
 
+def test_open_loop_check_records_imagined_and_real_without_changing_the_episodes(tiny_ckpt):
+    """--open-loop-check runs each chosen plan in a restored copy of the simulator: the closed-loop
+    episodes are the same as without it, and each executed plan gets [imagined, real, current] energies."""
+    kw = dict(checkpoint=str(tiny_ckpt), episodes=2, max_steps=3, samples=8, iterations=2, horizon=3,
+              progress=False)
+    plain = evaluate(EvalConfig(**kw))
+    checked = evaluate(EvalConfig(**kw, open_loop_check=True))
+    for a, b in zip(plain["per_episode"], checked["per_episode"], strict=True):
+        assert a["final_distance"] == b["final_distance"] and a["energy_curve"] == b["energy_curve"]
+        assert len(b["open_loop"]) == b["steps"] and all(len(t) == 3 for t in b["open_loop"])
+        assert [t[2] for t in b["open_loop"]] == pytest.approx(b["energy_curve"], abs=1e-5)
+    summary = checked["open_loop_check"]
+    assert summary["calls"] == sum(e["steps"] for e in checked["per_episode"])
+    assert set(summary) >= {"imagined_median", "real_median", "optimism_median",
+                            "really_improving_of_imagined"}
+    assert "open_loop_check" not in plain and "open_loop" not in plain["per_episode"][0]
+
+
+def test_open_loop_summary_counts_optimistic_plans():
+    from planner.evaluate import open_loop_summary
+
+    s = open_loop_summary([[1.0, 4.0, 5.0], [1.0, 3.0, 5.0], [6.0, 7.0, 5.0]])  # two imagined to improve
+    assert s["calls"] == 3 and s["imagined_improving"] == pytest.approx(2 / 3)
+    assert s["really_improving_of_imagined"] == pytest.approx(0.5) and s["optimism_median"] == 2.0
+
+
 def test_simulator_step_matches_env_step():
     """physics_step (no rendering) advances exactly as env.step does."""
     from envs import make_env
