@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+ENSEMBLE_HEADING = "Predictor ensemble"
 PREDICTOR_SHAPE_KEYS = ("latent_dim", "action_dim", "history_len", "pred_hidden", "pred_blocks")
 
 
@@ -69,12 +70,14 @@ def assemble(base, members: list) -> torch.nn.Module:
 
 def stage_notes(card: Path) -> str:
     """The base card's appended sections that say how its weights were made (e.g. "## Energy head"); its
-    measured results (sections whose heading names results) describe the base, not the ensemble."""
+    measured results (sections whose heading names results) describe the base, not the ensemble, and a
+    base ensemble's own "Predictor ensemble" note is written anew."""
     from planner.checkpoint import card_appended_sections
 
     text = card_appended_sections(card.read_text()) if card.exists() else ""
     sections = [s for s in ("\n" + text).split("\n## ") if s.strip()]
-    return "".join(f"\n## {s.rstrip()}\n" for s in sections if "results" not in s.splitlines()[0].lower())
+    return "".join(f"\n## {s.rstrip()}\n" for s in sections
+                   if "results" not in s.splitlines()[0].lower() and not s.startswith(ENSEMBLE_HEADING))
 
 
 def run(cfg: EnsembleConfig) -> str:
@@ -106,7 +109,7 @@ def run(cfg: EnsembleConfig) -> str:
     )
     listed = ", ".join(f"`{n}`" for n in names)
     tail = (stage_notes(Path(cfg.checkpoint) / checkpoint.CARD_FILE)
-            + f"\n## Predictor ensemble\n\n{len(names)} predictors on `{base.name}`'s frozen encoder, in "
+            + f"\n## {ENSEMBLE_HEADING}\n\n{len(names)} predictors on `{base.name}`'s frozen encoder, in "
             f"order: {listed}. Member 0 is the model's prediction everywhere (quality, surprise); planning "
             "uses all of them when the objective's `disagreement` weight is above 0 (config.json `planner`, "
             "docs/PLANNING.md). Encoder, energy head and calibrations are the first member's checkpoint's.\n")

@@ -81,6 +81,10 @@ def test_members_must_share_the_encoder_and_predictor_shape(parts, tmp_path):
     ensemble(EnsembleConfig(checkpoint=parts["base"], members=(parts["m1"],), out=tmp_path / "ens"))
     with pytest.raises(ValueError, match="is itself an ensemble"):
         ensemble(bad("ens"))
+    grown = ensemble(EnsembleConfig(checkpoint=tmp_path / "ens", members=(parts["m2"],),
+                                    out=tmp_path / "ens3"))  # an ensemble may grow
+    card = (tmp_path / "ens3" / "card.md").read_text()
+    assert card.count("## Predictor ensemble") == 1 and "3 predictors" in card and grown.startswith("ens3@")
     assert not (tmp_path / "x").exists()
 
 
