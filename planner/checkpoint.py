@@ -315,7 +315,10 @@ def render_card(config: dict, name: str, commands: list[str] | None = None) -> s
         config.get("description")
         or f"A `{config.get('model_type')}` latent world model for goal-image planning "
         f"(encode a {config['image']['size']}x{config['image']['size']} RGB image to a latent, predict the "
-        f"next latent from {config['history_len']} latents and actions). Plan by minimising {energy}.",
+        f"next latent from {config['history_len']} latents and actions"
+        + (f"; {m} predictors, member 0 the model's own, all {m} imagining each plan when the objective "
+           "weighs their disagreement" if (m := arch.get("pred_ensemble", 1)) > 1 else "")
+        + f"). Plan by minimising {energy}.",
         "",
         "## Training data",
         "",
