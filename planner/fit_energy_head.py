@@ -70,8 +70,7 @@ def run(cfg: FitEnergyHeadConfig) -> Path:
     threshold = calibrate_goal_threshold(model, store, spread(train_idx, cfg.calibration_episodes),
                                          float(success), cfg.margin, device)
     command = invoked_command("fit-energy-head")
-    drop = {"format_version", "model_type", "architecture", "weights_sha256"}
-    config = {key: v for key, v in loaded.config.items() if key not in drop}
+    config = {key: v for key, v in loaded.config.items() if key not in checkpoint.FILLED_BY_SAVE}
     metrics = {key: v for key, v in config.get("metrics", {}).items() if not key.startswith("energy_")}
     config.update(
         metrics=metrics | fit,

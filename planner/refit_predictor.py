@@ -275,7 +275,7 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
     from planner.train import config_dict
 
     command = invoked_command("refit-predictor")
-    drop = {"format_version", "model_type", "architecture", "weights_sha256", "surprise"}
+    drop = {*checkpoint.FILLED_BY_SAVE, "surprise"}  # the surprise calibration measured the old predictor
     config = {key: v for key, v in loaded.config.items() if key not in drop}
     metrics = {key: v for key, v in config.get("metrics", {}).items()
                if not key.startswith(("kstep_ratio_", "action_sensitivity_"))}
