@@ -206,7 +206,7 @@ def prediction_errors(model, frames: np.ndarray, actions: np.ndarray, device: st
     if space not in SCORE_SPACES:
         raise ValueError(f"space must be one of {SCORE_SPACES}, got {space!r}")
     if space == "energy":
-        if getattr(model, "energy_head", None) is None:
+        if default_score_space(model) != "energy":
             raise ValueError("space 'energy' needs a checkpoint with an energy head; this one has none")
         return energy_space_errors(model, *predictions(model, frames, actions, device))
     return np.square(prediction_residuals(model, frames, actions, device)).sum(-1)
@@ -247,7 +247,7 @@ class ServingScore:
         score = calib.get("score", "l2")
         if score not in spaces:
             raise ValueError(f"config.json surprise.score must be one of {list(spaces)}, got {score!r}")
-        if spaces[score] == "energy" and getattr(model, "energy_head", None) is None:
+        if spaces[score] == "energy" and default_score_space(model) != "energy":
             raise ValueError("config.json surprise.score is 'energy' but the model has no energy head")
         threshold = float(calib.get("threshold", DEFAULT_FLAG_THRESHOLD))
         return cls(spaces[score], float(calib["typical_error"]), threshold)
@@ -450,7 +450,7 @@ def benchmark(cfg: SurpriseConfig) -> dict:
             out[name] = whitening[name](res) if cfg.whiten else plain
             if cfg.whiten and name == "world_model":
                 out["world_model_l2"] = plain
-            if name == "world_model" and getattr(m, "energy_head", None) is not None:
+            if name == "world_model" and default_score_space(m) == "energy":
                 out["world_model_energy"] = energy_space_errors(m, pred, z_next)
         out["pixel"] = mean_pixel_change(frames)
         return out
