@@ -113,7 +113,7 @@ def bench(cfg: BenchConfig) -> dict:
     prev = np.zeros((1, k - 1, a_dim), np.float32)
 
     latency = {}
-    horizon = PlannerDefaults.from_config(loaded.config).resolve(horizon=cfg.horizon)[1]
+    horizon = PlannerDefaults.from_config(loaded.config).resolve_horizon(cfg.horizon)
     for name in tqdm(cfg.solvers, desc="bench solvers"):
         agent = MPCAgent(loaded, name, horizon=horizon, device=device)
         goal = agent.encode_goal(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))[None]

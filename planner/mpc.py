@@ -138,9 +138,11 @@ class MPCAgent:
         self.model = loaded.model
         self.name: str = loaded.name
         defaults = PlannerDefaults.from_config(loaded.config)
-        named, self.horizon = defaults.resolve(None if isinstance(solver, SolverConfig) else solver, horizon)
-        self.solver = solver if isinstance(solver, SolverConfig) else named
-        validate_budget(self.solver.samples, self.solver.iterations, self.horizon)
+        if isinstance(solver, SolverConfig):  # the caller's full config: only the horizon comes from defaults
+            self.solver, self.horizon = solver, defaults.resolve_horizon(horizon)
+            validate_budget(solver.samples, solver.iterations, self.horizon)
+        else:
+            self.solver, self.horizon = defaults.resolve(solver, horizon)
         self.objective = objective or defaults.objective()
         self.device = torch.device(device)
         cfg = loaded.config

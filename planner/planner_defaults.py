@@ -86,6 +86,11 @@ class PlannerDefaults:
         if name == self.solver:
             cfg = with_budget(cfg, samples=self.samples, iterations=self.iterations)
         cfg = with_budget(cfg, samples=samples, iterations=iterations)
-        h = horizon if horizon is not None else self.horizon if self.horizon is not None else DEFAULT_HORIZON
+        h = self.resolve_horizon(horizon)
         validate_budget(cfg.samples, cfg.iterations, h)
-        return cfg, int(h)
+        return cfg, h
+
+    def resolve_horizon(self, horizon: int | None = None) -> int:
+        """An explicit horizon, else this checkpoint's, else DEFAULT_HORIZON."""
+        return int(horizon if horizon is not None else self.horizon if self.horizon is not None
+                   else DEFAULT_HORIZON)
