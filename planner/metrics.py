@@ -408,6 +408,26 @@ def kstep_prediction_error(model, encoded: EncodedEpisodes, history_len: int, k_
     )
 
 
+def kstep_energy_error(model, encoded: EncodedEpisodes, history_len: int, k: int,
+                       device: str | torch.device = "cpu", batch_size: int = 512) -> dict[str, float]:
+    """Open-loop error after k steps read where the planner reads it: over all windows of
+    `kstep_prediction_error`, ||e(imagined z[t+k]) - e(encoded z[t+k])||_2 with e = model.energy_embed
+    (metres of hand and block for a state head). -> {median, p90, mean} over windows."""
+    z_hist, a_prev, plan, target, _ = _windows(encoded, history_len, k)
+    if len(plan) == 0:
+        raise ValueError(f"no window of {history_len - 1 + k} steps: episodes are too short")
+    dist = []
+    with torch.no_grad():
+        for s in range(0, len(plan), batch_size):
+            sl = slice(s, s + batch_size)
+            pred = model.rollout(z_hist[sl].to(device), a_prev[sl].to(device), plan[sl].to(device)[:, None])
+            e_pred = model.energy_embed(pred[:, 0, -1].float())
+            e_true = model.energy_embed(target[sl, -1].to(device))
+            dist.append((e_pred - e_true).norm(dim=-1).double().cpu())
+    d = torch.cat(dist)
+    return {"median": float(d.median()), "p90": float(d.quantile(0.9)), "mean": float(d.mean())}
+
+
 def _windows(encoded: EncodedEpisodes, history_len: int, k_max: int):
     """All windows: z_hist [N,K,D], a_prev [N,K-1,A], plan [N,k_max,A], target [N,k_max,D], z_last [N,D]."""
     z_hist, a_prev, plan, target = [], [], [], []

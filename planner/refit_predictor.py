@@ -66,6 +66,12 @@ class RefitConfig:
     the same name). With the encoder frozen, weighting contact cannot cost the latent its block."""
     task_motion_threshold: float = 0.002
     """Task-state motion per step (store units: metres) that makes a window count as moving."""
+    energy_weight: float = 0.0
+    """Weight of a second loss in the planning energy's space: the squared error of the frozen energy head's
+    reading (e = model.energy_embed; metres of hand and block for a state head) of the teacher-forced and
+    open-loop predictions, divided by the mean per-dimension variance of e over the training frames (so
+    that, like the latent MSE on standardized latents, it is a fraction of variance). The latent loss treats
+    every latent direction alike; this one weights the directions the planner's cost reads. 0: off."""
     init: str = "checkpoint"
     """`checkpoint`: start from the source predictor; `fresh`: a new, seeded predictor (needed to change
     its size)."""
@@ -155,6 +161,8 @@ def _check(cfg: RefitConfig) -> None:
                          f"{cfg.grad_clip}, {cfg.min_lr_ratio}")
     if cfg.stop_at is not None and not 1 <= cfg.stop_at <= cfg.steps:
         raise RefitError(f"--stop-at must be in 1..--steps ({cfg.steps}), got {cfg.stop_at}")
+    if not (np.isfinite(cfg.energy_weight) and cfg.energy_weight >= 0):
+        raise RefitError(f"--energy-weight must be >= 0, got {cfg.energy_weight}")
     if cfg.val_every < 0 or cfg.save_every < 1:
         raise RefitError(f"--val-every must be >= 0 and --save-every >= 1, got {cfg.val_every}, "
                          f"{cfg.save_every}")
@@ -162,12 +170,35 @@ def _check(cfg: RefitConfig) -> None:
 
 def _kstep(model, enc: M.EncodedEpisodes, k_max: int, device) -> dict:
     """Held-out k-step ratio to copy-last and action sensitivity at k = 1, 5 and k_max (all windows), named
-    as `planner train` names them in `metrics`."""
+    as `planner train` names them in `metrics`; with an energy head also the median open-loop error at
+    k_max in its space (`energy_error_k{k_max}`, M.kstep_energy_error)."""
     r = M.kstep_prediction_error(model, enc, model.history_len, k_max=k_max, device=device, max_windows=None)
     ks = sorted({1, min(5, k_max), k_max})
+    energy = ({f"energy_error_k{k_max}": M.kstep_energy_error(model, enc, model.history_len, k_max,
+                                                               device)["median"]}
+              if model.energy_head is not None else {})
     return ({f"kstep_ratio_k{k}": r.ratio[k - 1] for k in ks}
             | {f"action_sensitivity_k{k}": r.action_sensitivity[k - 1] for k in ks}
-            | {"n_windows": r.n_windows})
+            | energy | {"n_windows": r.n_windows})
+
+
+def energy_variance(model, z: torch.Tensor, device, chunk: int = 8192) -> float:
+    """Mean per-dimension variance of the energy head's reading of latents z [F,D] (the energy loss's
+    scale)."""
+    with torch.no_grad():
+        e = torch.cat([model.energy_embed(z[s:s + chunk].to(device)).double().cpu()
+                       for s in range(0, len(z), chunk)])
+    return float(e.var(dim=0).mean())
+
+
+def energy_loss(model, out: dict[str, torch.Tensor], k: int, scale: float) -> torch.Tensor:
+    """Teacher-forced + open-loop squared error in the energy head's space, per dimension, / scale; out as
+    from predict_windows with "z" [B,L,D] added (the target latents)."""
+    z, tf, roll = out["z"], out["tf"], out["roll"]
+    e = model.energy_embed
+    tf_err = (e(tf) - e(z[:, k:])).square().mean()
+    roll_err = (e(roll) - e(z[:, k:k + roll.shape[1]])).square().mean()
+    return (tf_err + roll_err) / scale
 
 
 def run(cfg: RefitConfig) -> Path | None:
@@ -200,6 +231,10 @@ def run(cfg: RefitConfig) -> Path | None:
 
     enc_train, enc_val = encode(train_idx, "train"), encode(val_idx, "validation")
     windows = LatentWindows.from_encoded(enc_train, k + r, cfg.task_motion_threshold)
+    if cfg.energy_weight > 0 and model.energy_head is None:
+        raise RefitError(f"--energy-weight needs an energy head; {cfg.checkpoint} has none (planner "
+                         "fit-energy-head)")
+    e_scale = energy_variance(model, windows.z, device) if cfg.energy_weight > 0 else 1.0
     k_val = min(r, min(len(z) for z in enc_val.latents) - k)
     if k_val < 1:
         raise RefitError(f"validation episodes are shorter than the history ({k} frames) + 1")
@@ -229,6 +264,10 @@ def run(cfg: RefitConfig) -> Path | None:
         z, a = (x.to(device) for x in windows.batch(rng, cfg.batch_size, cfg.task_motion_fraction))
         out = {"z": z, **model.predict_windows(z, a, r)}
         loss, parts = jepa_loss(out, objective, k, rng)
+        if cfg.energy_weight > 0:
+            e_loss = energy_loss(model, out, k, e_scale)
+            loss = loss + cfg.energy_weight * e_loss
+            parts |= {"energy": e_loss.item(), "loss": loss.item()}
         if not np.isfinite(parts["loss"]):
             raise RefitError(f"loss became {parts['loss']} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -262,9 +301,12 @@ def run(cfg: RefitConfig) -> Path | None:
 
 
 def _before_after(before: dict, after: dict) -> str:
-    """'k=1 0.0400 -> 0.0370, ...': the k-step ratios of two _kstep results."""
-    return ", ".join(f"k={key.rsplit('k', 1)[1]} {before[key]:.4f} -> {after[key]:.4f}"
-                     for key in after if key.startswith("kstep_ratio_"))
+    """'k=1 0.0400 -> 0.0370, ...': the k-step ratios of two _kstep results (and the energy-space error)."""
+    ratios = ", ".join(f"k={key.rsplit('k', 1)[1]} {before[key]:.4f} -> {after[key]:.4f}"
+                       for key in after if key.startswith("kstep_ratio_"))
+    energy = [f"; open-loop error in the energy head's space at k={key.rsplit('k', 1)[1]} (median) "
+              f"{before[key]:.4f} -> {after[key]:.4f}" for key in after if key.startswith("energy_error_")]
+    return ratios + "".join(energy)
 
 
 def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: dict, val_source: str,
@@ -278,7 +320,7 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
     drop = {*checkpoint.FILLED_BY_SAVE, "surprise"}  # the surprise calibration measured the old predictor
     config = {key: v for key, v in loaded.config.items() if key not in drop}
     metrics = {key: v for key, v in config.get("metrics", {}).items()
-               if not key.startswith(("kstep_ratio_", "action_sensitivity_"))}
+               if not key.startswith(("kstep_ratio_", "action_sensitivity_", "energy_error_"))}
     config["metrics"] = metrics | {key: v for key, v in after.items() if key != "n_windows"}
     config["predictor_refit"] = {
         "source": loaded.name,
@@ -291,9 +333,12 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
         "heldout_after": after,
     }
     config["commands"] = [*config.get("commands", []), *([command] if command else [])]
+    energy_note = (f" plus the energy head's-space loss at weight {cfg.energy_weight}"
+                   if cfg.energy_weight > 0 else "")
     tail = (f"\n## Predictor refit\n\nThe predictor was trained again for {cfg.steps} steps on the frozen "
             f"encoder's latents of `{cfg.data}` (`planner refit-predictor`, {cfg.rollout_steps}-step "
-            f"open-loop loss, init {cfg.init}; {timing['step_seconds'] / 60:.1f} min on {timing['device']}); "
+            f"open-loop loss{energy_note}, init {cfg.init}; {timing['step_seconds'] / 60:.1f} min on "
+            f"{timing['device']}); "
             f"encoder, energy head and goal calibration are `{loaded.name}`'s. Held-out k-step error / "
             "copy-last: "
             f"{_before_after(before, after)}.\n")

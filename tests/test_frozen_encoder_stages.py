@@ -50,7 +50,7 @@ def test_refit_keeps_encoder_head_and_calibration_and_lowers_heldout_error(sourc
     assert rec["source"] == checkpoint.checkpoint_name(ckpt) and rec["train_windows"] > 0
     before, after = rec["heldout_before"], rec["heldout_after"]
     assert set(before) == {"kstep_ratio_k1", "kstep_ratio_k4", "action_sensitivity_k1",
-                           "action_sensitivity_k4", "n_windows"}
+                           "action_sensitivity_k4", "energy_error_k4", "n_windows"}
     assert after["kstep_ratio_k4"] < before["kstep_ratio_k4"]  # 60 more steps on the predictor alone
     assert cfg["metrics"]["kstep_ratio_k4"] == after["kstep_ratio_k4"]
     assert cfg["metrics"]["action_sensitivity_k4"] == after["action_sensitivity_k4"]
@@ -85,6 +85,55 @@ def test_stop_and_resume_equals_one_run(source, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = (tmp_path / "b" / "log" / "refit_log.csv").read_text().splitlines()
     assert len(rows) == 1 + 60  # header + one row per step, no duplicates from the resumed segment
+
+
+@pytest.fixture(scope="module")
+def state_source(source, tmp_path_factory):
+    """source's model with a state-readout energy head (2 proprio + 2 task-state columns)."""
+    from planner.cli import main
+
+    store, ckpt = source
+    out = tmp_path_factory.mktemp("state") / "ckpt"
+    main(["fit-energy-head", "--checkpoint", str(ckpt), "--data", str(store), "--out", str(out),
+          "--energy-head.kind", "state", "--energy-head.state-proprio-dims", "2",
+          "--energy-head.steps", "300", "--energy-head.hidden", "32", "--device", "cpu", "--no-progress"])
+    return store, out
+
+
+def test_energy_loss_is_the_heads_squared_error_over_the_scale():
+    from planner.refit_predictor import energy_loss
+
+    class Head:  # a fixed linear reading, so the loss can be computed by hand
+        w = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # D=3 -> E=2
+
+        def energy_embed(self, z):
+            return z @ self.w
+
+    g = torch.Generator().manual_seed(0)
+    z, tf, roll = torch.randn(4, 6, 3, generator=g), torch.randn(4, 4, 3, generator=g), torch.randn(4, 3, 3,
+                                                                                                     generator=g)
+    w, k = Head.w, 2
+    by_hand = (((tf @ w - z[:, 2:] @ w) ** 2).mean() + ((roll @ w - z[:, 2:5] @ w) ** 2).mean()) / 0.5
+    assert torch.allclose(energy_loss(Head(), {"z": z, "tf": tf, "roll": roll}, k, 0.5), by_hand)
+
+
+def test_energy_weight_trains_the_predictor_in_the_heads_space(state_source, tmp_path):
+    store, ckpt = state_source
+    out = run(refit_cfg(store, ckpt, tmp_path, energy_weight=3.0))
+    rec = checkpoint.read_config(out)["predictor_refit"]
+    before, after = rec["heldout_before"]["energy_error_k4"], rec["heldout_after"]["energy_error_k4"]
+    assert after < before  # the held-out error the planner reads went down
+    assert checkpoint.read_config(out)["metrics"]["energy_error_k4"] == after
+    log = (tmp_path / "log" / "refit_log.csv").read_text().splitlines()
+    energy = [float(row.split(",")[log[0].split(",").index("energy")]) for row in log[1:]]
+    assert sum(energy[-5:]) < sum(energy[:5])
+    assert "energy head's-space loss at weight 3.0" in (out / "card.md").read_text()
+    torch.manual_seed(0)
+    no_head = train_run(tiny_cfg(store, tmp_path / "x", fit_energy_head=False))
+    with pytest.raises(RefitError, match="needs an energy head"):
+        run(refit_cfg(store, no_head, tmp_path / "x", energy_weight=1.0))
+    with pytest.raises(RefitError, match="--energy-weight"):
+        run(refit_cfg(store, ckpt, tmp_path / "y", energy_weight=-1.0))
 
 
 def test_latent_windows_stay_inside_episodes():
