@@ -1,7 +1,8 @@
 """Data-collection policies: `random`, `explore`, `scripted`, and a coverage report for them.
 
-`make_policy(name, env, seed) -> Policy`; a Policy has `reset()` (new episode) and `__call__(obs) ->
-float32[A]` (normalized action) and draws randomness only from its own generator. `explore` on an env
+`make_policy(name, env, seed) -> Policy`; a Policy has `reset(info)` (new episode; info is the env's reset
+info, which goal-directed policies such as planner.planner_policy read) and `__call__(obs) -> float32[A]`
+(normalized action) and draws randomness only from its own generator. `explore` on an env
 that is not our arm (a `gym:` env) is temporally correlated noise over its whole action space.
 
     MUJOCO_GL=egl python -m envs.policies --env ArmPush-v0 --policy explore --episodes 20
@@ -27,7 +28,7 @@ class RandomPolicy:
         self.rng = np.random.default_rng(seed)
         self.shape = env.action_space.shape
 
-    def reset(self) -> None:
+    def reset(self, info: dict | None = None) -> None:
         pass
 
     def __call__(self, obs) -> np.ndarray:
@@ -44,7 +45,7 @@ class CorrelatedNoisePolicy:
         self.noise = noise
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, info: dict | None = None) -> None:
         self.steps_left = 0
         self.ou = np.zeros(self.dim)
 
@@ -63,7 +64,7 @@ class ScriptedPolicy:
     def __init__(self, env, seed: int) -> None:
         self.env = env.unwrapped
 
-    def reset(self) -> None:
+    def reset(self, info: dict | None = None) -> None:
         pass
 
     def __call__(self, obs) -> np.ndarray:
@@ -86,7 +87,7 @@ class ExplorePolicy:
         self.noise = noise
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, info: dict | None = None) -> None:
         self.steps_left = 0
         self.ou = np.zeros(3)
         self.gripper = float(self.rng.choice([-1.0, 1.0]))

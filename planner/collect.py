@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,8 +51,15 @@ class CollectConfig:
     """Keyword arguments for the env as a JSON object, e.g. '{"image_size": 64}'."""
     steps: int = 50
     """Actions per episode (each episode stores steps+1 observations)."""
-    policy: Literal["random", "explore"] = "explore"
-    """Exploration policy: `random` (i.i.d. uniform) or `explore` (temporally correlated)."""
+    policy: Literal["random", "explore", "planner"] = "explore"
+    """Exploration policy: `random` (i.i.d. uniform), `explore` (temporally correlated), or `planner` (the
+    MPC planner of --checkpoint toward each episode's goal, plus --planner-noise; planner.planner_policy)."""
+    checkpoint: Path | None = None
+    """The checkpoint that plans (--policy planner only; its planner defaults)."""
+    planner_noise: float = 0.1
+    """--policy planner: std of the Gaussian noise added to each executed action (normalized units)."""
+    device: str = "cpu"
+    """--policy planner: torch device the planner runs on."""
     workers: int = 1
     """Parallel worker processes, each with its own env (the data does not depend on this)."""
     seed: int = 0
@@ -153,7 +161,7 @@ def store_meta(env: Any, cfg: CollectConfig, env_kwargs: dict, rule: Preprocessi
         task_state_spec={"dim": int(np.asarray(u.task_state()).shape[0])},
         snapshot_dim=int(np.asarray(u.get_snapshot()).shape[0]),
         control_hz=float(u.control_hz),
-        policy=cfg.policy,
+        policy=policy_label(cfg),
         seed=cfg.seed,
         steps=cfg.steps,
         compression=cfg.compression,
@@ -175,7 +183,7 @@ def run_episode(
     seed = episode_seed(base_seed, index, "collect")
     obs, info = env.reset(seed=seed)
     pi = make_policy(policy, env, episode_seed(base_seed, index, "collect-policy"))
-    pi.reset()
+    pi.reset(info)
     images = [preprocess_image(obs["image"], rule)]
     proprio = [np.asarray(obs["proprio"], dtype=np.float32)]
     task_state = [np.asarray(u.task_state(), dtype=np.float32)]
@@ -263,6 +271,33 @@ def check_config(cfg: CollectConfig) -> None:
     for name, low in (("episodes", 1), ("steps", 1), ("workers", 1), ("seed", 0), ("image_size", 8)):
         if getattr(cfg, name) < low:
             raise CollectError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
+    if (cfg.policy == "planner") != (cfg.checkpoint is not None):
+        raise CollectError("--policy planner needs --checkpoint (the model that plans), and --checkpoint "
+                           f"goes with --policy planner only (got --policy {cfg.policy})")
+    if not (np.isfinite(cfg.planner_noise) and cfg.planner_noise >= 0):
+        raise CollectError(f"--planner-noise must be >= 0, got {cfg.planner_noise}")
+
+
+def policy_label(cfg: CollectConfig) -> str:
+    """What the store's meta.json records as its policy (a planner names its checkpoint and noise)."""
+    if cfg.policy != "planner":
+        return cfg.policy
+    from planner import checkpoint
+    from planner.planner_policy import PlannerPolicySpec
+
+    try:
+        name = checkpoint.checkpoint_name(cfg.checkpoint)
+    except (OSError, ValueError) as exc:
+        raise CollectError(f"--checkpoint {cfg.checkpoint}: {exc}") from exc
+    return PlannerPolicySpec(cfg.checkpoint, cfg.planner_noise, cfg.device).label(name)
+
+
+def planner_policy_factory(cfg: CollectConfig) -> PolicyFactory:
+    """The picklable PolicyFactory of --policy planner."""
+    from planner.planner_policy import PlannerPolicySpec, make_planner_policy
+
+    spec = PlannerPolicySpec(Path(cfg.checkpoint), cfg.planner_noise, cfg.device)
+    return partial(make_planner_policy, spec)
 
 
 def open_or_create(cfg: CollectConfig, env_kwargs: dict, make_env: EnvFactory) -> TrajectoryStore:
@@ -279,7 +314,7 @@ def open_or_create(cfg: CollectConfig, env_kwargs: dict, make_env: EnvFactory) -
         requested = {
             "env_id": cfg.env,
             "env_kwargs": env_kwargs,
-            "policy": cfg.policy,
+            "policy": policy_label(cfg),
             "seed": cfg.seed,
             "steps": cfg.steps,
             "preprocessing": rule.to_dict(),
@@ -304,14 +339,17 @@ def collect(
     cfg: CollectConfig,
     *,
     make_env: EnvFactory = default_make_env,
-    make_policy: PolicyFactory = default_make_policy,
+    make_policy: PolicyFactory | None = None,
     progress: bool = True,
 ) -> CollectReport:
     """Collect the missing episodes of `cfg.out` up to `cfg.episodes`. Factories must be picklable
-    (module-level functions) when workers > 1."""
+    (module-level functions) when workers > 1; make_policy None: envs.policies, or the planner for
+    --policy planner."""
     from tqdm import tqdm
 
     check_config(cfg)
+    if make_policy is None:
+        make_policy = planner_policy_factory(cfg) if cfg.policy == "planner" else default_make_policy
     env_kwargs = parse_env_kwargs(cfg.env_kwargs)
     store = open_or_create(cfg, env_kwargs, make_env)
     with store.writer_lock():
@@ -391,7 +429,7 @@ def run(
     cfg: CollectConfig,
     *,
     make_env: EnvFactory = default_make_env,
-    make_policy: PolicyFactory = default_make_policy,
+    make_policy: PolicyFactory | None = None,
 ) -> None:
     """CLI entry: a user error is one clear message (exit 1); Ctrl-C exits 130 keeping complete episodes."""
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,9 @@ class RefitConfig:
     in config.json, stay held out)."""
     out: Path
     """Checkpoint directory to write (atomically)."""
+    extra_data: tuple[Path, ...] = ()
+    """More stores of the same env whose episodes all join the training windows, e.g. the planner's own
+    episodes (`planner collect --policy planner`); the held-out episodes stay --data's."""
     steps: int = 6000
     """Optimizer steps."""
     rollout_steps: int = 15
@@ -168,6 +172,25 @@ def _check(cfg: RefitConfig) -> None:
                          f"{cfg.save_every}")
 
 
+def open_extra_stores(paths, store) -> list:
+    """The --extra-data stores, each checked against the --data store (same env, image size, action and
+    task-state specs); RefitError naming the difference."""
+    from planner.store import TrajectoryStore
+
+    extra = []
+    for path in paths:
+        other = TrajectoryStore.open(path)
+        same = {k: (getattr(store.meta, k), getattr(other.meta, k))
+                for k in ("env_id", "preprocessing", "action_spec", "task_state_spec")}
+        differ = [f"{k} {b!r} (--data has {a!r})" for k, (a, b) in same.items() if a != b]
+        if differ:
+            raise RefitError(f"--extra-data {path} does not match --data {store.path}: " + "; ".join(differ))
+        if len(other) == 0:
+            raise RefitError(f"--extra-data {path} holds no complete episode")
+        extra.append(other)
+    return extra
+
+
 def _kstep(model, enc: M.EncodedEpisodes, k_max: int, device) -> dict:
     """Held-out k-step ratio to copy-last and action sensitivity at k = 1, 5 and k_max (all windows), named
     as `planner train` names them in `metrics`; with an energy head also the median open-loop error at
@@ -220,16 +243,20 @@ def run(cfg: RefitConfig) -> Path | None:
                          "then `planner ensemble` again")
     loaded, store, train_idx, val_idx, val_source = open_frozen(cfg.checkpoint, cfg.data, device,
                                                                 "refit-predictor")
+    extra = open_extra_stores(cfg.extra_data, store)
     model = loaded.model
     k, r = model.history_len, cfg.rollout_steps
     model.eval().requires_grad_(False)
 
-    def encode(indices: list[int], what: str) -> M.EncodedEpisodes:
-        eps = tqdm(store.iter_episodes(indices), total=len(indices), desc=f"encode {what}", unit="ep",
+    def encode(sources: list[tuple], what: str) -> M.EncodedEpisodes:
+        """sources: (store, indices) pairs, encoded in order into one EncodedEpisodes."""
+        eps = tqdm(chain.from_iterable(st.iter_episodes(ix) for st, ix in sources),
+                   total=sum(len(ix) for _, ix in sources), desc=f"encode {what}", unit="ep",
                    disable=not cfg.progress)
         return M.encode_episodes(model, eps, device=device)
 
-    enc_train, enc_val = encode(train_idx, "train"), encode(val_idx, "validation")
+    enc_train = encode([(store, train_idx), *((st, st.indices()) for st in extra)], "train")
+    enc_val = encode([(store, val_idx)], "validation")
     windows = LatentWindows.from_encoded(enc_train, k + r, cfg.task_motion_threshold)
     if cfg.energy_weight > 0 and model.energy_head is None:
         raise RefitError(f"--energy-weight needs an energy head; {cfg.checkpoint} has none (planner "
@@ -314,6 +341,7 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
     """The source config with the new predictor's record; the surprise calibration (predictor-dependent)
     is dropped, the k-step metrics are replaced by the refit predictor's."""
     from planner import checkpoint
+    from planner.store import TrajectoryStore
     from planner.train import config_dict
 
     command = invoked_command("refit-predictor")
@@ -326,6 +354,7 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
         "source": loaded.name,
         "data": str(cfg.data),
         "train_windows": n_windows,
+        "extra_episodes": {str(p): len(TrajectoryStore.open(p)) for p in cfg.extra_data},
         "validation": val_source,
         "config": config_dict(cfg),
         "time": timing,
@@ -333,10 +362,12 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
         "heldout_after": after,
     }
     config["commands"] = [*config.get("commands", []), *([command] if command else [])]
+    extra_note = "".join(f" + `{p}`" for p in cfg.extra_data)
     energy_note = (f" plus the energy head's-space loss at weight {cfg.energy_weight}"
                    if cfg.energy_weight > 0 else "")
     tail = (f"\n## Predictor refit\n\nThe predictor was trained again for {cfg.steps} steps on the frozen "
-            f"encoder's latents of `{cfg.data}` (`planner refit-predictor`, {cfg.rollout_steps}-step "
+            f"encoder's latents of `{cfg.data}`{extra_note} (`planner refit-predictor`, "
+            f"{cfg.rollout_steps}-step "
             f"open-loop loss{energy_note}, init {cfg.init}; {timing['step_seconds'] / 60:.1f} min on "
             f"{timing['device']}); "
             f"encoder, energy head and goal calibration are `{loaded.name}`'s. Held-out k-step error / "

@@ -76,7 +76,7 @@ class FakePolicy:
     def __init__(self, seed: int):
         self.seed = seed
 
-    def reset(self) -> None:
+    def reset(self, info=None) -> None:
         self.rng = np.random.default_rng(self.seed)
 
     def __call__(self, obs) -> np.ndarray:

@@ -136,6 +136,30 @@ def test_energy_weight_trains_the_predictor_in_the_heads_space(state_source, tmp
         run(refit_cfg(store, ckpt, tmp_path / "y", energy_weight=-1.0))
 
 
+def test_extra_data_joins_training_keeps_the_held_out_split_and_must_match(source, tmp_path):
+    from tests.test_train import T
+
+    store, ckpt = source
+    extra = make_store(tmp_path / "extra", episodes=6)
+    with_extra = run(refit_cfg(store, ckpt, tmp_path / "a", out=tmp_path / "a" / "out", steps=5,
+                               extra_data=(extra,)))
+    alone = run(refit_cfg(store, ckpt, tmp_path / "b", out=tmp_path / "b" / "out", steps=5))
+    rec, rec0 = (checkpoint.read_config(p)["predictor_refit"] for p in (with_extra, alone))
+    assert rec["train_windows"] - rec0["train_windows"] == 6 * (T + 1 - (2 + 4) + 1)  # K + R = 6 frames
+    assert rec["extra_episodes"] == {str(extra): 6} and rec0["extra_episodes"] == {}
+    assert rec["heldout_before"] == rec0["heldout_before"]  # the same held-out episodes of --data
+    assert f"+ `{extra}`" in (with_extra / "card.md").read_text()
+    import dataclasses
+
+    from planner.store import TrajectoryStore
+
+    meta = dataclasses.replace(TrajectoryStore.open(store).meta, env_id="another-env")
+    wrong = TrajectoryStore.create(tmp_path / "wrong", meta)
+    wrong.write(TrajectoryStore.open(store).read(0))
+    with pytest.raises(RefitError, match="env_id 'another-env'"):
+        run(refit_cfg(store, ckpt, tmp_path / "w", extra_data=(wrong.path,)))
+
+
 def test_latent_windows_stay_inside_episodes():
     from planner.metrics import EncodedEpisodes
 

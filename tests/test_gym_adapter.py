@@ -240,7 +240,7 @@ def _uniform_policy(name: str, env, seed: int):
     rng = np.random.default_rng(seed)
 
     class Uniform:
-        def reset(self) -> None:
+        def reset(self, info=None) -> None:
             pass
 
         def __call__(self, obs) -> np.ndarray:
