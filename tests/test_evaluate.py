@@ -4,12 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from planner.checkpoint import save
 from planner.evaluate import EvalConfig, evaluate, physics_step
-from planner.world_model import WorldModel, WorldModelConfig
-from tests.tiny_checkpoint import tiny_reach_config
+from tests.tiny_checkpoint import save_tiny_reach_model
 
 CONTRACT_KEYS = {
     "env", "checkpoint", "checkpoint_sha256", "solver", "samples", "iterations", "horizon", "episodes",
@@ -20,13 +17,7 @@ CONTRACT_KEYS = {
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    arch = WorldModelConfig(image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
-                            pred_hidden=16)
-    config = tiny_reach_config()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save(path, WorldModel(arch).eval(), config)
-    return path
+    return save_tiny_reach_model(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def test_eval_json_has_contract_keys(tiny_ckpt, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from envs import make_env
-from planner.checkpoint import CheckpointError, load, save
+from planner.checkpoint import CheckpointError, load
 from planner.cli import main
 from planner.mpc import MPCAgent
 from planner.pictures import (
@@ -32,20 +32,14 @@ from planner.pictures import (
 )
 from planner.preprocess import Preprocessing
 from planner.solvers import make_solver
-from planner.world_model import WorldModel, WorldModelConfig
-from tests.tiny_checkpoint import tiny_reach_config
+from tests.tiny_checkpoint import save_tiny_reach_model
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    arch = WorldModelConfig(image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
-                            pred_hidden=16)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save(path, WorldModel(arch).eval(), tiny_reach_config())
-    return path
+    return save_tiny_reach_model(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from planner.checkpoint import checkpoint_name, save
+from planner.checkpoint import checkpoint_name
 from planner.collect import CollectConfig, CollectError, collect
 from planner.planner_policy import PlannerPolicySpec, make_planner_policy
 from planner.store import TrajectoryStore
-from planner.world_model import WorldModel, WorldModelConfig
-from tests.tiny_checkpoint import tiny_reach_config
+from tests.tiny_checkpoint import save_tiny_reach_model
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    arch = WorldModelConfig(image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
-                            pred_hidden=16)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save(path, WorldModel(arch).eval(), tiny_reach_config(goal_energy_threshold=None))
-    return path
+    return save_tiny_reach_model(tmp_path_factory.mktemp("ckpt") / "tiny", goal_energy_threshold=None)
 
 
 def planner_cfg(out, ckpt, **kw) -> CollectConfig:

@@ -14,3 +14,17 @@ def tiny_reach_config(goal_energy_threshold: float | None = 0.0) -> dict:
     if goal_energy_threshold is not None:
         config["goal_energy_threshold"] = goal_energy_threshold
     return config
+
+
+def save_tiny_reach_model(path, goal_energy_threshold: float | None = 0.0):
+    """Save a seeded, untrained tiny 32x32 ArmReach-v0 world model (latent 8) at `path`; returns path."""
+    import torch
+
+    from planner.checkpoint import save
+    from planner.world_model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    arch = WorldModelConfig(image_size=32, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
+                            pred_hidden=16)
+    save(path, WorldModel(arch).eval(), tiny_reach_config(goal_energy_threshold))
+    return path
