@@ -8,9 +8,10 @@ horizon, without any collapse risk. The encoder, the energy head and the goal-en
 source checkpoint's, unchanged (they depend on the encoder only); the surprise calibration, which depends on
 the predictor, is dropped (rerun `planner surprise --save-calibration`).
 
-Data flow: store episodes -> frozen encoder -> latents [sum_i (T_i+1), D] in memory (4 D bytes per frame) ->
-windows of K + R latents and K + R - 1 actions -> teacher-forced + R-step open-loop MSE
-(WorldModel.predict_windows + jepa_loss without a regularizer) -> AdamW, warmup + cosine.
+Data flow: store episodes (--data's training split + every --extra-data episode) -> frozen encoder ->
+latents [sum_i (T_i+1), D] in memory (4 D bytes per frame) -> windows of K + R latents and K + R - 1
+actions -> teacher-forced + R-step open-loop MSE (WorldModel.predict_windows + jepa_loss without a
+regularizer; + --energy-weight x the same errors read through the energy head) -> AdamW, warmup + cosine.
 """
 
 from __future__ import annotations
@@ -245,6 +246,9 @@ def run(cfg: RefitConfig) -> Path | None:
                                                                 "refit-predictor")
     extra = open_extra_stores(cfg.extra_data, store)
     model = loaded.model
+    if cfg.energy_weight > 0 and model.energy_head is None:
+        raise RefitError(f"--energy-weight needs an energy head; {cfg.checkpoint} has none (planner "
+                         "fit-energy-head)")
     k, r = model.history_len, cfg.rollout_steps
     model.eval().requires_grad_(False)
 
@@ -258,9 +262,6 @@ def run(cfg: RefitConfig) -> Path | None:
     enc_train = encode([(store, train_idx), *((st, st.indices()) for st in extra)], "train")
     enc_val = encode([(store, val_idx)], "validation")
     windows = LatentWindows.from_encoded(enc_train, k + r, cfg.task_motion_threshold)
-    if cfg.energy_weight > 0 and model.energy_head is None:
-        raise RefitError(f"--energy-weight needs an energy head; {cfg.checkpoint} has none (planner "
-                         "fit-energy-head)")
     e_scale = energy_variance(model, windows.z, device) if cfg.energy_weight > 0 else 1.0
     k_val = min(r, min(len(z) for z in enc_val.latents) - k)
     if k_val < 1:
