@@ -351,21 +351,26 @@ class KStepResult:
     action_sensitivity: list[float]
     relative_error: list[float]
     n_windows: int
+    energy_error_median: float | None = None
+    """With `energy=True`: median over windows of ||e(imagined z[t+k_max]) - e(encoded z[t+k_max])||_2, e =
+    model.energy_embed (the planner's cost space: metres of hand and block for a state head)."""
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @torch.no_grad()
 def kstep_prediction_error(model, encoded: EncodedEpisodes, history_len: int, k_max: int = 5,
                            device: str | torch.device = "cpu", batch_size: int = 512,
-                           max_windows: int | None = 4096, seed: int = 0) -> KStepResult:
+                           max_windows: int | None = 4096, seed: int = 0,
+                           energy: bool = False) -> KStepResult:
     """Roll the predictor k_max steps from real latents and compare with the encoded future.
 
     A window starting at t uses z[t-K+1..t] and a[t-K+1..t-1] as history and a[t..t+k_max-1] as the
     plan; `model.rollout(z_hist [B,K,D], a_prev [B,K-1,A], actions [B,1,k_max,A]) -> [B,1,k_max,D]`.
     Shuffled: each window's plan is replaced by another window's (a derangement, history kept).
-    At most `max_windows` windows (a seeded random subset) are used.
+    At most `max_windows` windows (a seeded random subset) are used. `energy`: also read the k_max-step
+    error in the energy head's space, from the same rollouts (KStepResult.energy_error_median).
     """
     if history_len < 1 or k_max < 1:
         raise ValueError(f"history_len and k_max must be >= 1, got {history_len} and {k_max}")
@@ -386,6 +391,7 @@ def kstep_prediction_error(model, encoded: EncodedEpisodes, history_len: int, k_
 
     err = torch.zeros(k_max, dtype=torch.float64)
     err_shuf = torch.zeros(k_max, dtype=torch.float64)
+    dist = []  # energy-space distances at k_max, true plans
     for s in range(0, n, batch_size):
         sl = slice(s, s + batch_size)
         zh, ap = z_hist[sl].to(device), a_prev[sl].to(device)
@@ -393,6 +399,9 @@ def kstep_prediction_error(model, encoded: EncodedEpisodes, history_len: int, k_
         for acts, acc in ((plan[sl], err), (plan_shuffled[sl], err_shuf)):
             pred = model.rollout(zh, ap, acts.to(device)[:, None])[:, 0]  # [B, k_max, D]
             acc += ((pred.float() - tgt) ** 2).sum(-1).sum(0).double().cpu()
+            if energy and acc is err:
+                dist.append((model.energy_embed(pred[:, -1].float()) - model.energy_embed(tgt[:, -1]))
+                            .norm(dim=-1).double().cpu())
     err, err_shuf = (err / n).tolist(), (err_shuf / n).tolist()
     copy = ((z_last[:, None] - target) ** 2).sum(-1).mean(0).double().tolist()
     total_var = float(encoded.all_latents().double().var(dim=0).sum())
@@ -405,27 +414,8 @@ def kstep_prediction_error(model, encoded: EncodedEpisodes, history_len: int, k_
         action_sensitivity=[_safe_div(s, e) for s, e in zip(err_shuf, err, strict=True)],
         relative_error=[_safe_div(e, total_var) for e in err],
         n_windows=n,
+        energy_error_median=float(torch.cat(dist).median()) if energy else None,
     )
-
-
-def kstep_energy_error(model, encoded: EncodedEpisodes, history_len: int, k: int,
-                       device: str | torch.device = "cpu", batch_size: int = 512) -> dict[str, float]:
-    """Open-loop error after k steps read where the planner reads it: over all windows of
-    `kstep_prediction_error`, ||e(imagined z[t+k]) - e(encoded z[t+k])||_2 with e = model.energy_embed
-    (metres of hand and block for a state head). -> {median, p90, mean} over windows."""
-    z_hist, a_prev, plan, target, _ = _windows(encoded, history_len, k)
-    if len(plan) == 0:
-        raise ValueError(f"no window of {history_len - 1 + k} steps: episodes are too short")
-    dist = []
-    with torch.no_grad():
-        for s in range(0, len(plan), batch_size):
-            sl = slice(s, s + batch_size)
-            pred = model.rollout(z_hist[sl].to(device), a_prev[sl].to(device), plan[sl].to(device)[:, None])
-            e_pred = model.energy_embed(pred[:, 0, -1].float())
-            e_true = model.energy_embed(target[sl, -1].to(device))
-            dist.append((e_pred - e_true).norm(dim=-1).double().cpu())
-    d = torch.cat(dist)
-    return {"median": float(d.median()), "p90": float(d.quantile(0.9)), "mean": float(d.mean())}
 
 
 def _windows(encoded: EncodedEpisodes, history_len: int, k_max: int):

@@ -29,6 +29,8 @@ from planner import metrics as M
 from planner.cli import invoked_command
 
 STATE_FILE = "refit_state.pt"
+MIXABLE_META = ("env_id", "preprocessing", "action_spec", "task_state_spec")
+"""Store meta fields that must agree for --extra-data episodes to train beside --data's."""
 
 
 class RefitError(ValueError):
@@ -181,11 +183,10 @@ def open_extra_stores(paths, store) -> list:
     extra = []
     for path in paths:
         other = TrajectoryStore.open(path)
-        same = {k: (getattr(store.meta, k), getattr(other.meta, k))
-                for k in ("env_id", "preprocessing", "action_spec", "task_state_spec")}
-        differ = [f"{k} {b!r} (--data has {a!r})" for k, (a, b) in same.items() if a != b]
+        differ = other.meta.incompatibilities({k: getattr(store.meta, k) for k in MIXABLE_META})
         if differ:
-            raise RefitError(f"--extra-data {path} does not match --data {store.path}: " + "; ".join(differ))
+            raise RefitError(f"--extra-data {path} does not match --data {store.path} (requested): "
+                             + "; ".join(differ))
         if len(other) == 0:
             raise RefitError(f"--extra-data {path} holds no complete episode")
         extra.append(other)
@@ -195,12 +196,11 @@ def open_extra_stores(paths, store) -> list:
 def _kstep(model, enc: M.EncodedEpisodes, k_max: int, device) -> dict:
     """Held-out k-step ratio to copy-last and action sensitivity at k = 1, 5 and k_max (all windows), named
     as `planner train` names them in `metrics`; with an energy head also the median open-loop error at
-    k_max in its space (`energy_error_k{k_max}`, M.kstep_energy_error)."""
-    r = M.kstep_prediction_error(model, enc, model.history_len, k_max=k_max, device=device, max_windows=None)
+    k_max in its space (`energy_error_k{k_max}`, read from the same rollouts)."""
+    r = M.kstep_prediction_error(model, enc, model.history_len, k_max=k_max, device=device, max_windows=None,
+                                 energy=model.energy_head is not None)
     ks = sorted({1, min(5, k_max), k_max})
-    energy = ({f"energy_error_k{k_max}": M.kstep_energy_error(model, enc, model.history_len, k_max,
-                                                               device)["median"]}
-              if model.energy_head is not None else {})
+    energy = {f"energy_error_k{k_max}": r.energy_error_median} if r.energy_error_median is not None else {}
     return ({f"kstep_ratio_k{k}": r.ratio[k - 1] for k in ks}
             | {f"action_sensitivity_k{k}": r.action_sensitivity[k - 1] for k in ks}
             | energy | {"n_windows": r.n_windows})
@@ -220,8 +220,9 @@ def energy_loss(model, out: dict[str, torch.Tensor], k: int, scale: float) -> to
     from predict_windows with "z" [B,L,D] added (the target latents)."""
     z, tf, roll = out["z"], out["tf"], out["roll"]
     e = model.energy_embed
-    tf_err = (e(tf) - e(z[:, k:])).square().mean()
-    roll_err = (e(roll) - e(z[:, k:k + roll.shape[1]])).square().mean()
+    target = e(z[:, k:])  # frames K..L-1: the teacher-forced targets; the open-loop ones are the first R
+    tf_err = (e(tf) - target).square().mean()
+    roll_err = (e(roll) - target[:, :roll.shape[1]]).square().mean()
     return (tf_err + roll_err) / scale
 
 
@@ -322,7 +323,8 @@ def run(cfg: RefitConfig) -> Path | None:
     predictor.eval().requires_grad_(False)
     after = _kstep(model, enc_val, k_val, device)
     timing = training_time(log_dir / "refit_log.csv", device, cfg.threads)
-    path = _write(cfg, model, loaded, before, after, timing, val_source, len(windows.starts))
+    extra_episodes = {str(p): len(st) for p, st in zip(cfg.extra_data, extra, strict=True)}
+    path = _write(cfg, model, loaded, before, after, timing, val_source, len(windows.starts), extra_episodes)
     print(f"wrote {path} ({checkpoint.checkpoint_name(path)}); held-out k-step error / copy-last: "
           f"{_before_after(before, after)}")
     return path
@@ -338,11 +340,11 @@ def _before_after(before: dict, after: dict) -> str:
 
 
 def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: dict, val_source: str,
-           n_windows: int) -> Path:
-    """The source config with the new predictor's record; the surprise calibration (predictor-dependent)
-    is dropped, the k-step metrics are replaced by the refit predictor's."""
+           n_windows: int, extra_episodes: dict[str, int]) -> Path:
+    """The source config with the new predictor's record (extra_episodes: --extra-data store -> episodes
+    used); the surprise calibration (predictor-dependent) is dropped, the k-step metrics are replaced by
+    the refit predictor's."""
     from planner import checkpoint
-    from planner.store import TrajectoryStore
     from planner.train import config_dict
 
     command = invoked_command("refit-predictor")
@@ -355,7 +357,7 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
         "source": loaded.name,
         "data": str(cfg.data),
         "train_windows": n_windows,
-        "extra_episodes": {str(p): len(TrajectoryStore.open(p)) for p in cfg.extra_data},
+        "extra_episodes": extra_episodes,
         "validation": val_source,
         "config": config_dict(cfg),
         "time": timing,

@@ -156,7 +156,7 @@ def test_extra_data_joins_training_keeps_the_held_out_split_and_must_match(sourc
     meta = dataclasses.replace(TrajectoryStore.open(store).meta, env_id="another-env")
     wrong = TrajectoryStore.create(tmp_path / "wrong", meta)
     wrong.write(TrajectoryStore.open(store).read(0))
-    with pytest.raises(RefitError, match="env_id 'another-env'"):
+    with pytest.raises(RefitError, match="env_id: store has 'another-env'"):
         run(refit_cfg(store, ckpt, tmp_path / "w", extra_data=(wrong.path,)))
 
 
