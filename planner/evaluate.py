@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planner.mpc import MPCAgent, pad_history
+from planner.mpc import MPCAgent, pad_history, plan_through_subgoals
 from planner.objectives import ObjectiveConfig, energy, energy_space, horizon_weights
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
@@ -279,19 +279,16 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     start_distance = float(info["distance"])
     t = 0
     for t in range(steps):
-        while not queue:
+        if not queue:
             imgs, prev = pad_history(frames, acts, agent.history_len, zero)
-            plan = agent.plan(imgs[None], prev[None], z_targets[target], warm, executed_steps=replan_every,
-                              seed=(seed + 7919 * t) % (2**63))
-            plan_ms.append(plan.plan_ms)
-            on_final = target == len(z_targets) - 1
-            if not on_final and plan.current_energy[0] <= subgoal_threshold:
-                subgoal_steps.append(t)
-                subgoal_errors.append(subgoal_error(u, reset_info, target))
-                target, warm = target + 1, None  # sub-goal reached: plan to the next one from here
-                continue
+            plan, target, passed, ms = plan_through_subgoals(
+                agent, imgs, prev, z_targets, target, warm, threshold=subgoal_threshold,
+                executed_steps=replan_every, seed=(seed + 7919 * t) % (2**63))
+            plan_ms += ms
+            subgoal_steps += [t] * len(passed)
+            subgoal_errors += [subgoal_error(u, reset_info, k) for k in passed]
             energies.append(float(plan.current_energy[0]))
-            if on_final and plan.goal_reached[0] and stop_on_goal:
+            if target == len(z_targets) - 1 and plan.goal_reached[0] and stop_on_goal:
                 reached = True
                 break
             warm = plan.warm_start
@@ -299,8 +296,6 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
                 open_loop.append(open_loop_outcome(env, agent, rule, plan, z_targets[target]))
             queue = list(range(replan_every))
             planned_norm, planned_native = plan.actions_normalized[0], plan.actions[0]
-        if reached:
-            break
         i = queue.pop(0)
         obs, _, _, _, info = env.step(planned_norm[i])
         frames.append(preprocess_image(obs["image"], rule))

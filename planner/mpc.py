@@ -303,6 +303,26 @@ class MPCAgent:
             )
 
 
+def plan_through_subgoals(agent: MPCAgent, images, prev_actions, targets: list[torch.Tensor], target: int,
+                          warm: Sequence[WarmStart | None] | None, *, threshold: float,
+                          executed_steps: int = 1, seed: int = 0) -> tuple[Plan, int, list[int], list[float]]:
+    """One MPC step of one episode toward targets[target] (each float[1,D]; sub-goals first, the goal
+    last). While the current observation is already within `threshold` energy of a sub-goal, that sub-goal
+    counts as reached and the agent plans again, to the next target, without a warm start. images uint8
+    [K,S,S,3], prev_actions [K-1,A] (pad_history) -> (plan, target index now, indices of the sub-goals
+    reached in this step, plan_ms of every planning call)."""
+    passed, plan_ms = [], []
+    while True:
+        plan = agent.plan(images[None], prev_actions[None], targets[target], warm,
+                          executed_steps=executed_steps, seed=seed)
+        plan_ms.append(plan.plan_ms)
+        if target < len(targets) - 1 and plan.current_energy[0] <= threshold:  # NaN threshold: never
+            passed.append(target)
+            target, warm = target + 1, None
+            continue
+        return plan, target, passed, plan_ms
+
+
 def pad_history(frames: list[np.ndarray], actions: list[np.ndarray], k: int, zero_action: np.ndarray):
     """Last k frames (uint8 [S,S,3] each) and the k-1 actions between them, padded at the start.
 

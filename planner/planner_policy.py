@@ -81,21 +81,16 @@ class PlannerPolicy:
         self.zero = self.agent.action_spec.to_native(np.zeros(self.agent.action_spec.dim, np.float32))
 
     def __call__(self, obs) -> np.ndarray:
-        from planner.mpc import pad_history
+        from planner.mpc import pad_history, plan_through_subgoals
 
         if not self.targets:
             raise RuntimeError("call reset(info) before acting")
         k = self.agent.history_len
         self.frames = [*self.frames, preprocess_image(obs["image"], self.rule)][-k:]
-        threshold = self.agent.goal_energy_threshold
-        while True:
-            imgs, prev = pad_history(self.frames, self.actions, k, self.zero)
-            plan = self.agent.plan(imgs[None], prev[None], self.targets[self.target], self.warm,
-                                   seed=(self.seed + 7919 * self.t) % (2**63))
-            if self.target < len(self.targets) - 1 and plan.current_energy[0] <= threshold:
-                self.target, self.warm = self.target + 1, None  # sub-goal reached: plan to the next one
-                continue
-            break
+        imgs, prev = pad_history(self.frames, self.actions, k, self.zero)
+        plan, self.target, _, _ = plan_through_subgoals(
+            self.agent, imgs, prev, self.targets, self.target, self.warm,
+            threshold=self.agent.goal_energy_threshold, seed=(self.seed + 7919 * self.t) % (2**63))
         self.warm, self.t = plan.warm_start, self.t + 1
         action = plan.actions_normalized[0][0] + self.rng.normal(0.0, self.noise, self.agent.action_spec.dim)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
