@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planner.mpc import MPCAgent, pad_history, plan_through_subgoals
+from planner.mpc import MPCAgent, SubgoalPatience, pad_history, plan_through_subgoals
 from planner.objectives import ObjectiveConfig, energy, energy_space, horizon_weights
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
@@ -87,6 +87,10 @@ class EvalConfig:
     """A sub-goal counts as reached when the current energy is at most this times the checkpoint's
     goal_energy_threshold (< 1: stricter than the final goal, the hand placed more precisely before the
     agent moves on; the JSON records it)."""
+    subgoal_patience: int | None = None
+    """Give up a sub-goal whose energy has made no progress (a new best by 5%) in this many planning calls
+    and plan to the next target (the sub-goal is recorded as skipped, not reached); default: never, wait
+    for the threshold (the protocol until session 9)."""
     open_loop_check: bool = False
     """Diagnose model exploitation: at every planning call also run the chosen plan's whole horizon open
     loop in a copy of the simulator and record the energy its real final frame has to the current target
@@ -130,6 +134,8 @@ def _parse_kwargs(text: str) -> dict:
 def _validate(cfg: EvalConfig) -> None:
     if cfg.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if cfg.subgoal_patience is not None and cfg.subgoal_patience < 1:
+        raise ValueError(f"--subgoal-patience must be >= 1 planning call, got {cfg.subgoal_patience}")
     if not cfg.subgoal_threshold_scale > 0:
         raise ValueError(f"--subgoal-threshold-scale must be > 0, got {cfg.subgoal_threshold_scale}")
     if cfg.first_episode < 0:
@@ -240,10 +246,26 @@ def summarize(records: list[dict]) -> dict:
         per_subgoal = [[e[k] for e in errors if len(e) > k] for k in range(max(map(len, errors)))]
         out["subgoal_error_median"] = [np.median(np.asarray(e), axis=0).round(4).tolist()
                                        for e in per_subgoal]
+    outcomes = [episode_outcome(r) for r in records]
+    out["outcomes"] = {k: outcomes.count(k) for k in sorted(set(outcomes))}
     triples = [c for r in records for c in r.get("open_loop", [])]
     if triples:
         out["open_loop_check"] = open_loop_summary(triples)
     return {**out, "per_episode": records}
+
+
+def episode_outcome(rec: dict) -> str:
+    """How an episode ended: "success"; "false_stop" (goal_reached stopped it outside the success
+    distance); "stuck_before_subgoal_N" (the budget ran out before the agent judged sub-goal N, 1-based,
+    reached or gave it up); "budget" (out of steps, every sub-goal passed or none planned)."""
+    if rec["success"]:
+        return "success"
+    if rec.get("stopped_by_goal_reached"):
+        return "false_stop"
+    passed = len(rec.get("subgoal_reached_at_step", [])) + len(rec.get("subgoal_skipped", []))
+    if passed < rec.get("subgoals", 0):
+        return f"stuck_before_subgoal_{passed + 1}"
+    return "budget"
 
 
 def subgoal_error(u, reset_info: dict, k: int) -> list[float]:
@@ -258,13 +280,15 @@ def subgoal_error(u, reset_info: dict, k: int) -> list[float]:
 
 def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, steps: int, replan_every: int,
                       keep_frames: bool = False, stop_on_goal: bool = True, subgoals: bool = True,
-                      subgoal_threshold_scale: float = 1.0, open_loop_check: bool = False) -> dict:
+                      subgoal_threshold_scale: float = 1.0, open_loop_check: bool = False,
+                      subgoal_patience: int | None = None) -> dict:
     """One closed-loop MPC episode; returns its record (plus `_frames`, `_goal` when keep_frames; with
     `open_loop_check`, `open_loop`: one open_loop_outcome per executed plan).
 
     With `subgoals` the agent plans to each of the env's sub-goal images in turn (then the goal), moving
     to the next one as soon as the current observation's energy to it is at most `subgoal_threshold_scale`
-    times the calibrated goal threshold."""
+    times the calibrated goal threshold, or (with `subgoal_patience`) once it has stalled that many
+    planning calls (mpc.SubgoalPatience)."""
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
     reset_info = info
@@ -276,6 +300,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     plan_ms, energies, reached, target, subgoal_steps, subgoal_errors = [], [], False, 0, [], []
     open_loop = []
     subgoal_threshold = agent.goal_energy_threshold * subgoal_threshold_scale
+    patience = SubgoalPatience(subgoal_patience) if subgoal_patience is not None else None
     start_distance = float(info["distance"])
     t = 0
     for t in range(steps):
@@ -283,7 +308,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
             imgs, prev = pad_history(frames, acts, agent.history_len, zero)
             plan, target, passed, ms = plan_through_subgoals(
                 agent, imgs, prev, z_targets, target, warm, threshold=subgoal_threshold,
-                executed_steps=replan_every, seed=(seed + 7919 * t) % (2**63))
+                executed_steps=replan_every, seed=(seed + 7919 * t) % (2**63), patience=patience)
             plan_ms += ms
             subgoal_steps += [t] * len(passed)
             subgoal_errors += [subgoal_error(u, reset_info, k) for k in passed]
@@ -320,6 +345,8 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
         rec["subgoals"] = len(z_targets) - 1
         rec["subgoal_reached_at_step"] = subgoal_steps
         rec["subgoal_errors"] = subgoal_errors
+        if patience is not None:
+            rec["subgoal_skipped"] = patience.skipped
     if keep_frames:
         rec["_frames"], rec["_goal"] = frames, goal
     return rec
@@ -440,7 +467,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         rec = run_agent_episode(env, agent, rule, s, steps, cfg.replan_every, keep_frames=keep,
                                 stop_on_goal=cfg.stop_on_goal, subgoals=subgoals,
                                 subgoal_threshold_scale=cfg.subgoal_threshold_scale,
-                                open_loop_check=cfg.open_loop_check)
+                                open_loop_check=cfg.open_loop_check, subgoal_patience=cfg.subgoal_patience)
         rec["index"] = i
         if video_dir:
             from planner.video import write_episode_video
@@ -472,6 +499,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         replan_every=cfg.replan_every,
         subgoals=subgoals,
         subgoal_threshold_scale=cfg.subgoal_threshold_scale,
+        subgoal_patience=cfg.subgoal_patience,
         goal_energy_threshold=agent.goal_energy_threshold,
         success_rule="distance <= success_threshold at the end (step budget, or when goal_reached stops MPC)"
         if cfg.stop_on_goal else "distance <= success_threshold after the full step budget (no early stop)",

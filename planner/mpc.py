@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -303,22 +303,65 @@ class MPCAgent:
             )
 
 
+SUBGOAL_MIN_IMPROVEMENT = 0.05
+"""SubgoalPatience: an energy counts as progress on a sub-goal only when it is this fraction below the best
+so far on it."""
+
+
+@dataclass
+class SubgoalPatience:
+    """Per-episode state of the stall rule: a sub-goal whose energy has made no progress (a new best by
+    SUBGOAL_MIN_IMPROVEMENT) in `patience` planning calls is given up, and the agent plans to the next
+    target. `skipped` lists the sub-goals given up, in order."""
+
+    patience: int
+    best: float = float("inf")
+    stalled: int = 0
+    skipped: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"sub-goal patience must be a positive number of planning calls, got "
+                             f"{self.patience!r}")
+
+    def stalled_on(self, current_energy: float) -> bool:
+        """Count one planning call at `current_energy`; True once the sub-goal has stalled."""
+        if current_energy < self.best * (1.0 - SUBGOAL_MIN_IMPROVEMENT):
+            self.best, self.stalled = current_energy, 0
+        else:
+            self.stalled += 1
+        return self.stalled >= self.patience
+
+    def next_target(self) -> None:
+        self.best, self.stalled = float("inf"), 0
+
+
 def plan_through_subgoals(agent: MPCAgent, images, prev_actions, targets: list[torch.Tensor], target: int,
                           warm: Sequence[WarmStart | None] | None, *, threshold: float,
-                          executed_steps: int = 1, seed: int = 0) -> tuple[Plan, int, list[int], list[float]]:
+                          executed_steps: int = 1, seed: int = 0, patience: SubgoalPatience | None = None,
+                          ) -> tuple[Plan, int, list[int], list[float]]:
     """One MPC step of one episode toward targets[target] (each float[1,D]; sub-goals first, the goal
     last). While the current observation is already within `threshold` energy of a sub-goal, that sub-goal
-    counts as reached and the agent plans again, to the next target, without a warm start. images uint8
-    [K,S,S,3], prev_actions [K-1,A] (pad_history) -> (plan, target index now, indices of the sub-goals
-    reached in this step, plan_ms of every planning call)."""
+    counts as reached and the agent plans again, to the next target, without a warm start; with
+    `patience`, so does a sub-goal that has stalled (recorded in `patience.skipped`, not as reached).
+    images uint8 [K,S,S,3], prev_actions [K-1,A] (pad_history) -> (plan, target index now, indices of the
+    sub-goals reached in this step, plan_ms of every planning call)."""
     passed, plan_ms = [], []
     while True:
         plan = agent.plan(images[None], prev_actions[None], targets[target], warm,
                           executed_steps=executed_steps, seed=seed)
         plan_ms.append(plan.plan_ms)
-        if target < len(targets) - 1 and plan.current_energy[0] <= threshold:  # NaN threshold: never
-            passed.append(target)
+        if target < len(targets) - 1:
+            energy = float(plan.current_energy[0])
+            if energy <= threshold:  # NaN threshold: never
+                passed.append(target)
+            elif patience is not None and patience.stalled_on(energy):
+                patience.skipped.append(target)
+            else:
+                return plan, target, passed, plan_ms
             target, warm = target + 1, None
+            if patience is not None:
+                patience.next_target()
             continue
         return plan, target, passed, plan_ms
 

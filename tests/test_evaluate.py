@@ -127,6 +127,8 @@ def test_eval_rejects_bad_options(tiny_ckpt):
         evaluate(EvalConfig(checkpoint=str(tiny_ckpt), env_kwargs="image_size=3", episodes=1, progress=False))
     with pytest.raises(ValueError, match="samples must be between"):
         evaluate(EvalConfig(checkpoint=str(tiny_ckpt), samples=0, episodes=1, progress=False))
+    with pytest.raises(ValueError, match="--subgoal-patience must be >= 1"):
+        evaluate(EvalConfig(checkpoint=str(tiny_ckpt), subgoal_patience=0, episodes=1, progress=False))
 
 
 def test_bench_reports_latency_throughput_and_matmul_fraction(tiny_ckpt, tmp_path):
@@ -189,6 +191,14 @@ def test_eval_plans_through_pick_place_subgoals(tiny_ckpt, tmp_path):
     assert held["subgoal_threshold_scale"] == 1e-12
     assert held["per_episode"][0]["subgoal_reached_at_step"] == []
     assert not held["per_episode"][0]["stopped_by_goal_reached"] and held["per_episode"][0]["steps"] == 2
+    assert held["per_episode"][0].get("subgoal_skipped") is None and held["subgoal_patience"] is None
+    assert held["outcomes"] == {"stuck_before_subgoal_1": 1}
+    # with patience 1 a sub-goal is given up as soon as a planning call brings no 5% progress on it
+    gave_up = evaluate(EvalConfig(checkpoint=str(loose), subgoal_threshold_scale=1e-12, subgoal_patience=1,
+                                  **{**kw, "max_steps": 4}))
+    ep = gave_up["per_episode"][0]
+    assert gave_up["subgoal_patience"] == 1 and ep["subgoal_reached_at_step"] == []
+    assert ep["subgoal_skipped"] and ep["subgoal_skipped"] == list(range(len(ep["subgoal_skipped"])))
     strict = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), **kw))
     assert strict["subgoals"] and strict["per_episode"][0]["subgoal_reached_at_step"] == []
     off = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), subgoals=False, **kw))
@@ -250,3 +260,14 @@ def test_merge_takes_results_written_before_shards_existed(tmp_path):
     rand = merged["baselines"]["random"]
     assert [e["index"] for e in rand["per_episode"]] == [0, 1, 2, 3, 4] and rand["plan_ms_episodes"] == 0
     assert merged["merged_from"] == [str(new), str(old)]
+
+
+def test_episode_outcomes_name_how_each_episode_ended():
+    from planner.evaluate import episode_outcome
+
+    base = dict(success=False, stopped_by_goal_reached=False, subgoals=3, subgoal_reached_at_step=[4, 9])
+    assert episode_outcome({**base, "success": True}) == "success"
+    assert episode_outcome({**base, "stopped_by_goal_reached": True}) == "false_stop"
+    assert episode_outcome(base) == "stuck_before_subgoal_3"
+    assert episode_outcome({**base, "subgoal_skipped": [2]}) == "budget"
+    assert episode_outcome(dict(success=False, final_distance=0.2)) == "budget"  # random baseline, no sub-goals

@@ -210,3 +210,42 @@ def test_real_world_model_plans(solver):
     assert plan.actions.shape == (2, 3, 4) and np.all(np.isfinite(plan.energy))
     assert np.all(np.abs(plan.actions[..., :3]) <= 0.05 + 1e-7)
     assert plan.goal_reached.dtype == bool and plan.plan_ms > 0
+
+
+class FixedEnergyAgent:
+    """Stands in for MPCAgent in plan_through_subgoals: every plan reports the next scripted energy."""
+
+    def __init__(self, energies):
+        self.energies, self.targets = list(energies), []
+
+    def plan(self, images, prev, goal, warm, executed_steps=1, seed=0):
+        self.targets.append(int(goal))
+        return SimpleNamespace(current_energy=np.array([self.energies.pop(0)]), plan_ms=1.0)
+
+
+def test_subgoal_patience_gives_up_a_stalled_subgoal_but_never_the_goal():
+    from planner.mpc import SubgoalPatience, plan_through_subgoals
+
+    targets = [0, 1, 2]  # two sub-goals, then the goal (the fake agent records which one it planned to)
+    step = dict(images=np.zeros((1,)), prev_actions=np.zeros((1,)), targets=targets, warm=None, threshold=0.5)
+    # sub-goal 0: 1.0, then 0.96 (< 5% better: a stall), 0.97 (stall 2 = patience) -> given up, re-planned
+    # to sub-goal 1 at 0.4, within the threshold: reached -> the goal, which is never given up
+    fake = FixedEnergyAgent([1.0, 0.96, 0.97, 0.4, 9.0, 9.0, 9.0, 9.0])
+    patience = SubgoalPatience(2)
+    target, reached = 0, []
+    for _ in range(5):
+        plan, target, passed, ms = plan_through_subgoals(fake, target=target, patience=patience, **step)
+        reached += passed
+    assert patience.skipped == [0] and reached == [1] and target == 2
+    assert fake.targets == [0, 0, 0, 1, 2, 2, 2]
+    # progress (a new best by 5%) resets the count; without patience a stalled sub-goal is kept forever
+    p = SubgoalPatience(2)
+    assert [p.stalled_on(e) for e in (1.0, 0.99, 0.9, 0.89, 0.88)] == [False, False, False, False, True]
+    fake = FixedEnergyAgent([1.0] * 6)
+    target = 0
+    for _ in range(6):
+        _, target, _, _ = plan_through_subgoals(fake, target=target, **step)
+    assert target == 0
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="patience"):
+            SubgoalPatience(bad)
