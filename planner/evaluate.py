@@ -297,7 +297,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     z_targets = [agent.encode_goal(g)[None] for g in targets] + [agent.encode_goal(goal)[None]]
     zero = agent.action_spec.to_native(np.zeros(agent.action_spec.dim, np.float32))
     frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
-    plan_ms, energies, reached, target, subgoal_steps, subgoal_errors = [], [], False, 0, [], []
+    plan_ms, energies, distances, reached, target, subgoal_steps, subgoal_errors = [], [], [], False, 0, [], []
     open_loop = []
     subgoal_threshold = agent.goal_energy_threshold * subgoal_threshold_scale
     patience = SubgoalPatience(subgoal_patience) if subgoal_patience is not None else None
@@ -313,6 +313,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
             subgoal_steps += [t] * len(passed)
             subgoal_errors += [subgoal_error(u, reset_info, k) for k in passed]
             energies.append(float(plan.current_energy[0]))
+            distances.append(round(float(u.distance()), 4))
             if target == len(z_targets) - 1 and plan.goal_reached[0] and stop_on_goal:
                 reached = True
                 break
@@ -338,6 +339,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
         steps=int(t),
         stopped_by_goal_reached=reached,
         energy_curve=energies,
+        distance_curve=distances,
         plan_ms=_rounded(plan_ms),
         **({"open_loop": open_loop} if open_loop_check else {}),
     )

@@ -18,9 +18,9 @@ from planner.evaluate import summarize, write_json_atomic
 
 PROTOCOL_KEYS = ("env", "env_kwargs", "camera_offset", "checkpoint_sha256", "solver", "samples",
                  "iterations", "horizon", "model_type", "objective", "seed", "success_threshold",
-                 "step_budget", "replan_every", "subgoals", "subgoal_threshold_scale",
+                 "step_budget", "replan_every", "subgoals", "subgoal_threshold_scale", "subgoal_patience",
                  "goal_energy_threshold", "success_rule")
-DEFAULTS = {"subgoal_threshold_scale": 1.0}
+DEFAULTS = {"subgoal_threshold_scale": 1.0, "subgoal_patience": None}
 """Protocol keys added after results were first written, with the value older results ran with."""
 BASELINE_KEYS = ("solver", "samples", "iterations", "horizon", "subgoals")
 
