@@ -297,8 +297,8 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     z_targets = [agent.encode_goal(g)[None] for g in targets] + [agent.encode_goal(goal)[None]]
     zero = agent.action_spec.to_native(np.zeros(agent.action_spec.dim, np.float32))
     frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
-    plan_ms, energies, distances, reached, target, subgoal_steps, subgoal_errors = [], [], [], False, 0, [], []
-    open_loop = []
+    plan_ms, energies, distances, subgoal_steps, subgoal_errors, open_loop = [], [], [], [], [], []
+    reached, target = False, 0
     subgoal_threshold = agent.goal_energy_threshold * subgoal_threshold_scale
     patience = SubgoalPatience(subgoal_patience) if subgoal_patience is not None else None
     start_distance = float(info["distance"])

@@ -28,6 +28,10 @@ class FitEnergyHeadConfig:
     """Trajectory store (the one the checkpoint was trained on: its held-out episodes stay out)."""
     out: Path
     """Checkpoint directory to write (atomically)."""
+    extra_data: tuple[Path, ...] = ()
+    """More stores of the same env whose episodes all join the fit, e.g. the planner's own episodes
+    (`planner collect --policy planner`), whose states (the hand resting at the block, blocks pushed off
+    line) the explore data holds few of. The goal threshold is still calibrated on --data."""
     energy_head: EnergyHeadConfig = field(default_factory=EnergyHeadConfig)
     """The head to fit (`--energy-head.kind state` for a state readout)."""
     episodes: int = 2000
@@ -47,7 +51,7 @@ class FitEnergyHeadConfig:
 def run(cfg: FitEnergyHeadConfig) -> Path:
     """Fit, attach, calibrate, write; returns the new checkpoint's path."""
     from planner import checkpoint
-    from planner.frozen import open_frozen
+    from planner.frozen import open_extra_stores, open_frozen
     from planner.train import attach_fitted_head, calibrate_goal_threshold, spread
 
     if not 0 < cfg.margin <= 1:
@@ -58,6 +62,7 @@ def run(cfg: FitEnergyHeadConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     loaded, store, train_idx, _, _ = open_frozen(cfg.checkpoint, cfg.data, device, "fit-energy-head")
+    extra = open_extra_stores(cfg.extra_data, store)
     model = loaded.model
     calibration = loaded.config.get("goal_energy_calibration") or {}
     success = calibration.get("task_success_threshold")
@@ -66,21 +71,26 @@ def run(cfg: FitEnergyHeadConfig) -> Path:
 
         success = task_success_threshold(store.meta.env_id, store.meta.env_kwargs)
     fit = attach_fitted_head(model, store, spread(train_idx, cfg.episodes), cfg.energy_head, device,
-                             progress=cfg.progress)
+                             progress=cfg.progress, extra=extra)
     threshold = calibrate_goal_threshold(model, store, spread(train_idx, cfg.calibration_episodes),
                                          float(success), cfg.margin, device)
     command = invoked_command("fit-energy-head")
-    config = {key: v for key, v in loaded.config.items() if key not in checkpoint.FILLED_BY_SAVE}
+    extra_episodes = {str(p): len(st) for p, st in zip(cfg.extra_data, extra, strict=True)}
+    drop = set(checkpoint.FILLED_BY_SAVE)
+    if (loaded.config.get("surprise") or {}).get("score") == "energy":
+        drop.add("surprise")  # measured in the old head's space: planner surprise --save-calibration again
+    config = {key: v for key, v in loaded.config.items() if key not in drop}
     metrics = {key: v for key, v in config.get("metrics", {}).items() if not key.startswith("energy_")}
     config.update(
         metrics=metrics | fit,
         goal_energy_threshold=threshold["threshold"],
         goal_energy_calibration=threshold,
         energy_head_fit={"source": loaded.name, "data": str(cfg.data), "episodes": cfg.episodes,
-                         "config": asdict(cfg.energy_head)},
+                         "extra_episodes": extra_episodes, "config": asdict(cfg.energy_head)},
         commands=[*config.get("commands", []), *([command] if command else [])],
     )
-    tail = (f"\n## Energy head\n\nFitted again on the frozen latents of `{cfg.data}` by `planner "
+    extra_note = "".join(f" + `{p}`" for p in cfg.extra_data)
+    tail = (f"\n## Energy head\n\nFitted again on the frozen latents of `{cfg.data}`{extra_note} by `planner "
             f"fit-energy-head` (kind `{cfg.energy_head.kind}`); encoder and predictor are `{loaded.name}`'s. "
             f"Goal threshold {threshold['threshold']:.4g} (margin {cfg.margin}, recall "
             f"{threshold['recall']:.0%}, false accept {threshold['false_accept_rate']:.2%}).\n")

@@ -31,3 +31,25 @@ def open_frozen(checkpoint_path: Path, data: Path, device: torch.device, stage: 
                          f"{model.cfg.action_dim}): use the store it was trained on")
     train_idx, val_idx, source = split_indices(store.indices(), loaded.config)
     return loaded, store, train_idx, val_idx, source
+
+
+MIXABLE_META = ("env_id", "preprocessing", "action_spec", "task_state_spec")
+"""Store meta fields that must agree for --extra-data episodes to train beside --data's."""
+
+
+def open_extra_stores(paths, store, error: type[ValueError] = ValueError) -> list:
+    """The --extra-data stores, each checked against the --data store (same env, image rule, action and
+    task-state specs) and holding at least one episode; else `error` naming the difference."""
+    from planner.store import TrajectoryStore
+
+    extra = []
+    for path in paths:
+        other = TrajectoryStore.open(path)
+        differ = other.meta.incompatibilities({k: getattr(store.meta, k) for k in MIXABLE_META})
+        if differ:
+            raise error(f"--extra-data {path} does not match --data {store.path} (requested): "
+                        + "; ".join(differ))
+        if len(other) == 0:
+            raise error(f"--extra-data {path} holds no complete episode")
+        extra.append(other)
+    return extra

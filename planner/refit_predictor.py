@@ -29,8 +29,6 @@ from planner import metrics as M
 from planner.cli import invoked_command
 
 STATE_FILE = "refit_state.pt"
-MIXABLE_META = ("env_id", "preprocessing", "action_spec", "task_state_spec")
-"""Store meta fields that must agree for --extra-data episodes to train beside --data's."""
 
 
 class RefitError(ValueError):
@@ -175,24 +173,6 @@ def _check(cfg: RefitConfig) -> None:
                          f"{cfg.save_every}")
 
 
-def open_extra_stores(paths, store) -> list:
-    """The --extra-data stores, each checked against the --data store (same env, image size, action and
-    task-state specs); RefitError naming the difference."""
-    from planner.store import TrajectoryStore
-
-    extra = []
-    for path in paths:
-        other = TrajectoryStore.open(path)
-        differ = other.meta.incompatibilities({k: getattr(store.meta, k) for k in MIXABLE_META})
-        if differ:
-            raise RefitError(f"--extra-data {path} does not match --data {store.path} (requested): "
-                             + "; ".join(differ))
-        if len(other) == 0:
-            raise RefitError(f"--extra-data {path} holds no complete episode")
-        extra.append(other)
-    return extra
-
-
 def _kstep(model, enc: M.EncodedEpisodes, k_max: int, device) -> dict:
     """Held-out k-step ratio to copy-last and action sensitivity at k = 1, 5 and k_max (all windows), named
     as `planner train` names them in `metrics`; with an energy head also the median open-loop error at
@@ -231,7 +211,7 @@ def run(cfg: RefitConfig) -> Path | None:
     from tqdm import tqdm
 
     from planner import checkpoint
-    from planner.frozen import open_frozen
+    from planner.frozen import open_extra_stores, open_frozen
     from planner.train import CsvLog, load_state, lr_at, save_state, training_time
     from planner.world_model import ObjectiveConfig, Predictor, jepa_loss
 
@@ -245,7 +225,7 @@ def run(cfg: RefitConfig) -> Path | None:
                          "then `planner ensemble` again")
     loaded, store, train_idx, val_idx, val_source = open_frozen(cfg.checkpoint, cfg.data, device,
                                                                 "refit-predictor")
-    extra = open_extra_stores(cfg.extra_data, store)
+    extra = open_extra_stores(cfg.extra_data, store, RefitError)
     model = loaded.model
     if cfg.energy_weight > 0 and model.energy_head is None:
         raise RefitError(f"--energy-weight needs an energy head; {cfg.checkpoint} has none (planner "

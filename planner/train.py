@@ -17,7 +17,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -335,12 +337,15 @@ def fit_head(model: WorldModel, store: TrajectoryStore, train_eps: list[int], cf
 
 
 def attach_fitted_head(model: WorldModel, store: TrajectoryStore, episodes: list[int],
-                       head_cfg: EnergyHeadConfig, device: torch.device, progress: bool = True) -> dict:
-    """Fit an energy head of `head_cfg.kind` on the frozen latents of these episodes (for `state`, with
-    their recorded proprio and task state as targets) and attach it; returns fit diagnostics."""
+                       head_cfg: EnergyHeadConfig, device: torch.device, progress: bool = True,
+                       extra: Sequence[TrajectoryStore] = ()) -> dict:
+    """Fit an energy head of `head_cfg.kind` on the frozen latents of these episodes and of every episode of
+    the `extra` stores (for `state`, with their recorded proprio and task state as targets) and attach it;
+    returns fit diagnostics."""
     model.eval()
     with torch.no_grad():
-        enc = encode_episodes(model, store.iter_episodes(episodes), device)
+        sources = chain(store.iter_episodes(episodes), *(st.iter_episodes(st.indices()) for st in extra))
+        enc = encode_episodes(model, sources, device)
     if head_cfg.kind == "state":
         proprio = enc.proprio or [None] * len(enc.latents)
         targets = torch.cat([state_targets(p, t, head_cfg)

@@ -270,4 +270,4 @@ def test_episode_outcomes_name_how_each_episode_ended():
     assert episode_outcome({**base, "stopped_by_goal_reached": True}) == "false_stop"
     assert episode_outcome(base) == "stuck_before_subgoal_3"
     assert episode_outcome({**base, "subgoal_skipped": [2]}) == "budget"
-    assert episode_outcome(dict(success=False, final_distance=0.2)) == "budget"  # random baseline, no sub-goals
+    assert episode_outcome(dict(success=False, final_distance=0.2)) == "budget"  # random baseline

@@ -221,6 +221,37 @@ def test_fit_energy_head_state_kind_keeps_the_world_model_and_recalibrates(sourc
               "--margin", "2"])
 
 
+def test_fit_energy_head_extra_data_joins_the_fit_and_must_match(source, tmp_path):
+    import dataclasses
+    import shutil
+
+    from planner.energy_head import EnergyHeadConfig
+    from planner.fit_energy_head import FitEnergyHeadConfig
+    from planner.fit_energy_head import run as fit_run
+    from planner.store import TrajectoryStore
+
+    store, ckpt = source[0], tmp_path / "source"
+    shutil.copytree(source[1], ckpt)  # a surprise calibration in the old head's space must not survive
+    calibration = {"surprise": {"score": "energy", "typical_error": 1.0, "threshold": 9.0}}
+    checkpoint.update_config(ckpt, checkpoint.load(ckpt), calibration)
+    head = EnergyHeadConfig(kind="state", state_proprio_dims=2, steps=50, hidden=16)
+    kw = dict(checkpoint=ckpt, data=store, energy_head=head, device="cpu", progress=False)
+    extra = make_store(tmp_path / "extra", episodes=4)
+    alone = fit_run(FitEnergyHeadConfig(out=tmp_path / "alone", **kw))
+    joined = fit_run(FitEnergyHeadConfig(out=tmp_path / "joined", extra_data=(extra,), **kw))
+    rec, rec0 = (checkpoint.read_config(p)["energy_head_fit"] for p in (joined, alone))
+    assert rec["extra_episodes"] == {str(extra): 4} and rec0["extra_episodes"] == {}
+    assert f"+ `{extra}`" in (joined / "card.md").read_text()
+    assert "surprise" not in checkpoint.read_config(joined)
+    w, w0 = weights(joined), weights(alone)
+    assert not torch.equal(w["energy_head.net.0.weight"], w0["energy_head.net.0.weight"])  # more data
+    meta = dataclasses.replace(TrajectoryStore.open(store).meta, env_id="another-env")
+    wrong = TrajectoryStore.create(tmp_path / "wrong", meta)
+    wrong.write(TrajectoryStore.open(store).read(0))
+    with pytest.raises(ValueError, match="env_id: store has 'another-env'"):
+        fit_run(FitEnergyHeadConfig(out=tmp_path / "w", extra_data=(wrong.path,), **kw))
+
+
 def test_open_frozen_refuses_mismatched_stores_and_non_world_models(source, tmp_path):
     from planner.frozen import open_frozen
     from planner.gcbc import GCBCConfig, GCBCPolicy
