@@ -6,6 +6,12 @@ robot. Rewrites config.json and card.md atomically, keeping the card's hand-writ
 the weights (and so the model's name) are unchanged.
 
     planner calibrate --checkpoint checkpoints/arm-reach --data data/reach1k [--margin 0.5]
+
+`--goal-proprio-weight W` (a state energy head only) weighs the head's proprio columns (the hand) W times
+in the energy to a *final* goal, so that the planner drives the task state (the block) there and the
+arm's pose in the goal image counts less; `goal_energy_threshold` is then calibrated for that energy and
+the plain energy's threshold, which sub-goals keep, is recorded as `subgoal_threshold`. MPCAgent reads the
+weight from the calibration, so the threshold and the energy it was calibrated for never part.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ class CalibrateConfig:
     """Share of episodes (the highest indices) left out, as in training."""
     success_threshold: float | None = None
     """Task success distance [m]; default: the one recorded in the checkpoint, else the env's task spec."""
+    goal_proprio_weight: float = 1.0
+    """Weight of a state head's proprio columns in the final goal's energy (1: as fitted; sub-goals always
+    use the plain energy)."""
     device: str = "cpu"
     """Torch device."""
 
@@ -46,7 +55,13 @@ def run(cfg: CalibrateConfig) -> dict:
 
     if not 0 < cfg.margin <= 1:
         raise ValueError(f"--margin must be in (0, 1], got {cfg.margin}")
+    if not 0 <= cfg.goal_proprio_weight < float("inf"):
+        raise ValueError(f"--goal-proprio-weight must be a finite number >= 0, got {cfg.goal_proprio_weight}")
     loaded = checkpoint.load(cfg.checkpoint, cfg.device)
+    proprio_dims = state_head_proprio_dims(loaded.config)
+    if cfg.goal_proprio_weight != 1.0 and not proprio_dims:
+        raise ValueError(f"--goal-proprio-weight needs a state energy head that reads proprio columns "
+                         f"(planner fit-energy-head --energy-head.kind state); {cfg.checkpoint} has none")
     try:
         store = TrajectoryStore.open(cfg.data)
     except StoreError as e:
@@ -64,7 +79,8 @@ def run(cfg: CalibrateConfig) -> dict:
     model = loaded.model.eval()
     with torch.no_grad():
         result = calibrate_goal_threshold(model, store, spread(train_eps, cfg.episodes), float(success),
-                                          cfg.margin, cfg.device)
+                                          cfg.margin, cfg.device, proprio_weight=cfg.goal_proprio_weight,
+                                          proprio_dims=proprio_dims)
     command = invoked_command("calibrate")
     name = checkpoint.update_config(cfg.checkpoint, loaded, {
         "goal_energy_threshold": result["threshold"],
@@ -75,3 +91,12 @@ def run(cfg: CalibrateConfig) -> dict:
           f"(margin {cfg.margin}, {result['source']} pairs, recall {result['recall']:.0%}, "
           f"false accept {result['false_accept_rate']:.2%})")
     return result
+
+
+def state_head_proprio_dims(config: dict) -> int:
+    """How many proprio columns lead a checkpoint's state energy head's readout (0: no state head)."""
+    fit = (config.get("energy_head_fit") or {}).get("config")
+    head = fit or config.get("training", {}).get("energy_head")
+    if not head or head.get("kind") != "state" or not config.get("architecture", {}).get("energy_head_dim"):
+        return 0
+    return int(head.get("state_proprio_dims", 0))

@@ -299,7 +299,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
     plan_ms, energies, distances, subgoal_steps, subgoal_errors, open_loop = [], [], [], [], [], []
     reached, target = False, 0
-    subgoal_threshold = agent.goal_energy_threshold * subgoal_threshold_scale
+    subgoal_threshold = agent.subgoal_energy_threshold * subgoal_threshold_scale
     patience = SubgoalPatience(subgoal_patience) if subgoal_patience is not None else None
     start_distance = float(info["distance"])
     t = 0

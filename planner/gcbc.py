@@ -204,7 +204,7 @@ class PolicyAgent:
         self.action_spec = ActionSpec.from_config(loaded.config["action"])
         self.history_len = int(loaded.config["history_len"])
         self.image_size = int(loaded.config["image"]["size"])
-        self.goal_energy_threshold = float("nan")
+        self.goal_energy_threshold = self.subgoal_energy_threshold = float("nan")
 
     def _check(self, images, ndim: int, shape_hint: str) -> np.ndarray:
         images = np.asarray(images)
@@ -232,8 +232,9 @@ class PolicyAgent:
 
     @torch.no_grad()
     def plan(self, images, prev_actions, goal_latents, warm_start=None, *, executed_steps: int = 1,
-             seed: int = 0):
-        """One step for B problems -> Plan with actions [B,1,A] (the mean action, native + normalized)."""
+             seed: int = 0, subgoal=False):
+        """One step for B problems -> Plan with actions [B,1,A] (the mean action, native + normalized);
+        `subgoal` is accepted for MPCAgent's interface and changes nothing."""
         from planner.mpc import Plan
 
         t0 = time.perf_counter()

@@ -132,9 +132,10 @@ def encode_episodes(model, episodes: Iterable, device: str | torch.device = "cpu
 
 
 @torch.no_grad()
-def in_energy_space(model, encoded: EncodedEpisodes) -> EncodedEpisodes:
+def in_energy_space(model, encoded: EncodedEpisodes, weights: torch.Tensor | None = None) -> EncodedEpisodes:
     """The same episodes with latents (and goal latents) mapped by `model.energy_embed`, so that the energy
-    metrics and the goal-threshold calibration measure the distance the planner uses. Identity for models
+    metrics and the goal-threshold calibration measure the distance the planner uses; `weights` [E]
+    scales the embedding's columns (the final goal's energy, `goal_energy_weights`). Identity for models
     without an energy head."""
     embed = getattr(model, "energy_embed", None)
     if embed is None or getattr(model, "energy_head", None) is None:
@@ -142,7 +143,8 @@ def in_energy_space(model, encoded: EncodedEpisodes) -> EncodedEpisodes:
     device = next(model.parameters()).device
 
     def mapped(z: torch.Tensor) -> torch.Tensor:
-        return embed(z.to(device)).float().cpu()
+        e = embed(z.to(device)).float().cpu()
+        return e if weights is None else e * weights
 
     return EncodedEpisodes(
         latents=[mapped(z) for z in encoded.latents],

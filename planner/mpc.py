@@ -151,6 +151,10 @@ class MPCAgent:
         self.image_size = int(cfg["image"]["size"])
         threshold = cfg.get("goal_energy_threshold")
         self.goal_energy_threshold = float("nan") if threshold is None else float(threshold)
+        calibration = cfg.get("goal_energy_calibration") or {}
+        subgoal = calibration.get("subgoal_threshold")
+        self.subgoal_energy_threshold = self.goal_energy_threshold if subgoal is None else float(subgoal)
+        self.goal_energy_weights = goal_energy_weights(calibration, getattr(self.model, "cfg", None))
 
     def with_planner(
         self,
@@ -208,12 +212,16 @@ class MPCAgent:
         *,
         executed_steps: int = 1,
         seed: int = 0,
+        subgoal: bool | Sequence[bool] = False,
     ) -> Plan:
         """One MPC step for B problems.
 
         images uint8 [B,K,S,S,3] (oldest first, K = history_len); prev_actions [B,K-1,A] native units
         (the actions taken between those frames); goal_latents float[B,D] from `encode_goal`;
-        warm_start: None or one WarmStart|None per problem, shifted here by `executed_steps`.
+        warm_start: None or one WarmStart|None per problem, shifted here by `executed_steps`; subgoal: per
+        problem (or for all), whether its goal is a sub-goal: scored with the plain energy and judged
+        reached at `subgoal_energy_threshold`; a final goal uses `goal_energy_weights` and
+        `goal_energy_threshold`.
         """
         t0 = time.perf_counter()
         k, a_dim = self.history_len, self.action_spec.dim
@@ -239,20 +247,26 @@ class MPCAgent:
         if goal.shape[1] != z.shape[-1]:
             raise ValueError(f"goal latents have dim {goal.shape[1]}, this model's latents {z.shape[-1]}")
         a_prev = torch.as_tensor(self.action_spec.to_normalized(prev), device=self.device)
-        objective = make_objective(self.model, z, a_prev, goal, self.objective)
+        to_goal = ~np.broadcast_to(np.asarray(subgoal, dtype=bool), (b,))  # final goals, not sub-goals
+        weights = None
+        if self.goal_energy_weights is not None and to_goal.any() and self.objective.space == "latent":
+            weights = torch.ones(b, len(self.goal_energy_weights), device=self.device)
+            weights[torch.as_tensor(to_goal, device=self.device)] = self.goal_energy_weights.to(self.device)
+        objective = make_objective(self.model, z, a_prev, goal, self.objective, energy_weights=weights)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         sol = solve(objective, self.solver, batch=b, horizon=self.horizon, action_dim=a_dim,
                     init=init, generator=gen, device=self.device)
         with torch.no_grad():
-            embed = energy_space(self.model)
-            e_goal = embed(goal)
+            embed, w = energy_space(self.model), 1.0 if weights is None else weights  # w: [B,E]
+            e_goal = embed(goal) * w
             if self.objective.disagreement > 0:  # the members' mean, as the objective sees the plan
                 final = self.model.rollout_members(z, a_prev, sol.actions[:, None])[:, :, 0, -1]  # [M,B,D]
-                e_plan = energy(embed(final), e_goal).mean(0).cpu().numpy()
+                e_plan = energy(embed(final) * w, e_goal).mean(0).cpu().numpy()
             else:
                 final = self.model.rollout(z, a_prev, sol.actions[:, None])[:, 0, -1]
-                e_plan = energy(embed(final), e_goal).cpu().numpy()
-            e_now = energy(embed(z[:, -1]), e_goal).cpu().numpy()
+                e_plan = energy(embed(final) * w, e_goal).cpu().numpy()
+            e_now = energy(embed(z[:, -1]) * w, e_goal).cpu().numpy()
+        thresholds = np.where(to_goal, self.goal_energy_threshold, self.subgoal_energy_threshold)
         norm = sol.actions.detach().cpu().numpy().astype(np.float32)
         state = sol.state.detach().cpu().numpy()
         warm = [
@@ -264,7 +278,7 @@ class MPCAgent:
             actions_normalized=norm,
             energy=e_plan.astype(np.float32),
             current_energy=e_now.astype(np.float32),
-            goal_reached=e_now <= self.goal_energy_threshold,
+            goal_reached=e_now <= thresholds,
             plan_ms=(time.perf_counter() - t0) * 1e3,
             warm_start=warm,
         )
@@ -349,7 +363,7 @@ def plan_through_subgoals(agent: MPCAgent, images, prev_actions, targets: list[t
     passed, plan_ms = [], []
     while True:
         plan = agent.plan(images[None], prev_actions[None], targets[target], warm,
-                          executed_steps=executed_steps, seed=seed)
+                          executed_steps=executed_steps, seed=seed, subgoal=target < len(targets) - 1)
         plan_ms.append(plan.plan_ms)
         if target < len(targets) - 1:
             energy = float(plan.current_energy[0])
@@ -364,6 +378,21 @@ def plan_through_subgoals(agent: MPCAgent, images, prev_actions, targets: list[t
                 patience.next_target()
             continue
         return plan, target, passed, plan_ms
+
+
+def goal_energy_weights(calibration: dict, model_cfg) -> torch.Tensor | None:
+    """float[E] weights of the energy space's columns for final goals, from a goal calibration made with
+    `planner calibrate --goal-proprio-weight W` (`proprio_weight` W on its first `proprio_dims` columns, a
+    state head's proprio readout); None when W is 1 or absent."""
+    weight = float(calibration.get("proprio_weight", 1.0))
+    if weight == 1.0:
+        return None
+    dims, e_dim = int(calibration["proprio_dims"]), int(getattr(model_cfg, "energy_head_dim", 0) or 0)
+    if not 0 < dims < e_dim:
+        raise ValueError(f"goal calibration weights {dims} proprio columns but the energy head has {e_dim}")
+    weights = torch.ones(e_dim)
+    weights[:dims] = weight
+    return weights
 
 
 def pad_history(frames: list[np.ndarray], actions: list[np.ndarray], k: int, zero_action: np.ndarray):

@@ -61,9 +61,18 @@ def energy(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(z - goal, dim=-1)
 
 
-def energy_space(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's map from latents [..., D] into the energy's space (identity for models without one)."""
-    return getattr(model, "energy_embed", None) or (lambda z: z)
+def energy_space(model, weights: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's map from latents [B, ..., D] into the energy's space [B, ..., E] (identity for models
+    without one); `weights` float[B,E] scales each problem's columns (MPCAgent: the final goal's energy)."""
+    embed = getattr(model, "energy_embed", None) or (lambda z: z)
+    if weights is None:
+        return embed
+
+    def weighted(z: torch.Tensor) -> torch.Tensor:
+        e = embed(z)
+        return e * weights.view(e.shape[0], *([1] * (e.ndim - 2)), -1)
+
+    return weighted
 
 
 def latent_distance(z: torch.Tensor, goal: torch.Tensor, kind: str) -> torch.Tensor:
@@ -93,12 +102,14 @@ def make_objective(
     a_prev: torch.Tensor,
     z_goal: torch.Tensor,
     cfg: ObjectiveConfig,
+    energy_weights: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """objective(actions float[B,S,H,A] normalized) -> cost float[B,S].
 
     model: has `rollout(z_hist [B,K,D], a_prev [B,K-1,A], actions [B,S,H,A]) -> z [B,S,H,D]` (and, for
     cfg.disagreement > 0, `rollout_members` -> [M,B,S,H,D]).
-    z_hist [B,K,D] latest latents, a_prev [B,K-1,A] normalized actions between them, z_goal [B,D].
+    z_hist [B,K,D] latest latents, a_prev [B,K-1,A] normalized actions between them, z_goal [B,D];
+    energy_weights float[B,E] (latent space only): per-problem weights of the energy space's columns.
     Differentiable in `actions` (for gradient-based solvers).
     """
     members = getattr(getattr(model, "cfg", None), "pred_ensemble", 1)
@@ -112,7 +123,7 @@ def make_objective(
         with torch.no_grad():
             goal = model.decode(z_goal).flatten(1)[:, None, None, :]  # [B,1,1,P]
     else:
-        embed = energy_space(model)
+        embed = energy_space(model, energy_weights)
         with torch.no_grad():
             goal = embed(z_goal)[:, None, None, :]  # [B,1,1,E]
 

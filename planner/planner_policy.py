@@ -90,7 +90,7 @@ class PlannerPolicy:
         imgs, prev = pad_history(self.frames, self.actions, k, self.zero)
         plan, self.target, _, _ = plan_through_subgoals(
             self.agent, imgs, prev, self.targets, self.target, self.warm,
-            threshold=self.agent.goal_energy_threshold, seed=(self.seed + 7919 * self.t) % (2**63))
+            threshold=self.agent.subgoal_energy_threshold, seed=(self.seed + 7919 * self.t) % (2**63))
         self.warm, self.t = plan.warm_start, self.t + 1
         action = plan.actions_normalized[0][0] + self.rng.normal(0.0, self.noise, self.agent.action_spec.dim)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)

@@ -360,11 +360,23 @@ def attach_fitted_head(model: WorldModel, store: TrajectoryStore, episodes: list
 
 @torch.no_grad()
 def calibrate_goal_threshold(model: WorldModel, store: TrajectoryStore, episodes: list[int],
-                             success_threshold: float, margin: float, device) -> dict:
+                             success_threshold: float, margin: float, device, proprio_weight: float = 1.0,
+                             proprio_dims: int = 0) -> dict:
     """goal_reached's energy threshold, calibrated (planner.metrics rule) for margin x the task's success
-    distance on these episodes, so that "reached" means comfortably inside the success region."""
-    enc = in_energy_space(model, encode_episodes(model, store.iter_episodes(episodes), device))
-    result = calibrate_goal_energy_threshold(enc, success_threshold * margin).to_dict()
+    distance on these episodes, so that "reached" means comfortably inside the success region. With
+    `proprio_weight` != 1 (a state head's first `proprio_dims` columns weighted so in a final goal's
+    energy, planner calibrate --goal-proprio-weight) the threshold is for that weighted energy, and
+    `subgoal_threshold` (the plain energy's), `proprio_weight` and `proprio_dims` are recorded beside it
+    for MPCAgent (planner.mpc.goal_energy_weights)."""
+    enc = encode_episodes(model, store.iter_episodes(episodes), device)
+    target = success_threshold * margin
+    result = calibrate_goal_energy_threshold(in_energy_space(model, enc), target).to_dict()
+    if proprio_weight != 1.0:
+        weights = torch.ones(model.cfg.energy_head_dim)
+        weights[:proprio_dims] = proprio_weight
+        plain = result["threshold"]
+        result = calibrate_goal_energy_threshold(in_energy_space(model, enc, weights), target).to_dict()
+        result |= {"proprio_weight": proprio_weight, "proprio_dims": proprio_dims, "subgoal_threshold": plain}
     return {**result, "margin": margin, "task_success_threshold": success_threshold}
 
 

@@ -111,6 +111,7 @@ class AgentBackend:
             warm if any(w is not None for w in warm) else None,
             executed_steps=0,
             seed=problems[0].seed,
+            subgoal=[p.subgoal for p in problems],
         )
         ood = self._ood_scores(problems)
         return [

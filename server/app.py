@@ -675,6 +675,7 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
             executed_steps=req.executed_steps,
             context_frames=None if context is None else context[0],
             context_actions=None if context is None else context[1],
+            subgoal=index < len(req.subgoals),
         )
         outcome, queue_ms, model_ms, batch_size = await _run(
             request, Job("plan", problem, _deadline(s, req.deadline_ms), params)

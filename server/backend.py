@@ -74,6 +74,9 @@ class PlanProblem:
     """uint8 [K,H,W,3]: the K frames before the current one, when the history has them (for ood_score)."""
     context_actions: np.ndarray | None = None
     """float32 [K,A] native: the actions taken after each context frame."""
+    subgoal: bool = False
+    """The goal is one of the request's sub-goals (scored with the plain energy and the sub-goal threshold;
+    the final goal with the checkpoint's goal calibration, planner.mpc.MPCAgent.plan)."""
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -269,3 +270,45 @@ def test_open_frozen_refuses_mismatched_stores_and_non_world_models(source, tmp_
                     {"image": {"size": S}, "action": {"dim": 2}, "history_len": 1})
     with pytest.raises(ValueError, match="jepa"):
         open_frozen(tmp_path / "policy", store, torch.device("cpu"), "fit-energy-head")
+
+
+def test_calibrate_goal_proprio_weight_records_both_thresholds_and_the_agent_uses_them(state_source, source,
+                                                                                      tmp_path):
+    import shutil
+
+    from planner.calibrate import CalibrateConfig
+    from planner.calibrate import run as calibrate
+    from planner.mpc import MPCAgent
+
+    store, src = state_source
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    plain = checkpoint.read_config(src)["goal_energy_calibration"]
+    result = calibrate(CalibrateConfig(checkpoint=ckpt, data=store, goal_proprio_weight=0.0))
+    cfg = checkpoint.read_config(ckpt)
+    calib = cfg["goal_energy_calibration"]
+    assert calib["proprio_weight"] == 0.0 and calib["proprio_dims"] == 2
+    assert calib["subgoal_threshold"] == pytest.approx(plain["threshold"])  # sub-goals keep the plain energy
+    assert cfg["goal_energy_threshold"] == result["threshold"] != calib["subgoal_threshold"]
+    agent = MPCAgent(checkpoint.load(ckpt), "cem", horizon=2)
+    assert agent.goal_energy_weights.tolist() == [0.0, 0.0, 1.0, 1.0]  # hand columns off, task state on
+    assert agent.subgoal_energy_threshold == calib["subgoal_threshold"]
+    # the same frame to the same goal: as a final goal only the task-state columns count
+    from planner.store import TrajectoryStore
+
+    ep = TrajectoryStore.open(store).read(0)
+    images = np.stack([ep.images[:2], ep.images[:2]])  # [B=2, K=2, S, S, 3]
+    goal = agent.encode_goal(ep.images[5])[None].repeat(2, 1)
+    plan = agent.plan(images, np.zeros((2, 1, 2), np.float32), goal, subgoal=[False, True])
+    embed = agent.model.energy_embed
+    with torch.no_grad():
+        now, g = embed(agent.encode(ep.images[1:2]))[0], embed(goal[:1])[0]
+    assert plan.current_energy[0] == pytest.approx(float((now - g)[2:].norm()), rel=1e-4)
+    assert plan.current_energy[1] == pytest.approx(float((now - g).norm()), rel=1e-4)
+    plain_ckpt = tmp_path / "plain"
+    shutil.copytree(src, plain_ckpt)
+    for bad, match in ((float("nan"), "finite number"), (-1.0, "finite number")):
+        with pytest.raises(ValueError, match=match):
+            calibrate(CalibrateConfig(checkpoint=plain_ckpt, data=store, goal_proprio_weight=bad))
+    with pytest.raises(ValueError, match="needs a state energy head"):
+        calibrate(CalibrateConfig(checkpoint=source[1], data=source[0], goal_proprio_weight=0.5))

@@ -218,7 +218,7 @@ class FixedEnergyAgent:
     def __init__(self, energies):
         self.energies, self.targets = list(energies), []
 
-    def plan(self, images, prev, goal, warm, executed_steps=1, seed=0):
+    def plan(self, images, prev, goal, warm, executed_steps=1, seed=0, subgoal=False):
         self.targets.append(int(goal))
         return SimpleNamespace(current_energy=np.array([self.energies.pop(0)]), plan_ms=1.0)
 
