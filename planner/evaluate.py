@@ -213,10 +213,12 @@ def open_loop_summary(triples: list[list[float]]) -> dict:
                 if believed.any() else float("nan"))
 
 
-def open_loop_outcome(env, agent: MPCAgent, rule: Preprocessing, plan, z_target: torch.Tensor) -> list[float]:
+def open_loop_outcome(env, agent: MPCAgent, rule: Preprocessing, plan, z_target: torch.Tensor,
+                      subgoal: bool = False) -> list[float]:
     """[imagined, real, current] energy to the current target of `plan` (B = 1): its actions are also run
     open loop in the simulator, whose state is restored afterwards, and the real final frame is encoded and
-    measured the way the imagined final latent was (planner.objectives.energy in the energy space)."""
+    measured the way the imagined final latent was (planner.objectives.energy in the energy space, with
+    the agent's final-goal weights unless the target is a sub-goal)."""
     u = env.unwrapped
     snapshot = u.get_snapshot()
     try:
@@ -225,7 +227,8 @@ def open_loop_outcome(env, agent: MPCAgent, rule: Preprocessing, plan, z_target:
         frame = preprocess_image(u.render(), rule)
     finally:
         u.set_snapshot(snapshot)
-    embed = energy_space(agent.model)
+    weights = None if subgoal or agent.goal_energy_weights is None else agent.goal_energy_weights[None]
+    embed = energy_space(agent.model, weights)
     with torch.no_grad():
         real = energy(embed(agent.encode(frame[None])), embed(z_target))
     return [round(float(v), 6) for v in (plan.energy[0], real[0], plan.current_energy[0])]
@@ -319,7 +322,8 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
                 break
             warm = plan.warm_start
             if open_loop_check:
-                open_loop.append(open_loop_outcome(env, agent, rule, plan, z_targets[target]))
+                open_loop.append(open_loop_outcome(env, agent, rule, plan, z_targets[target],
+                                                   subgoal=target < len(z_targets) - 1))
             queue = list(range(replan_every))
             planned_norm, planned_native = plan.actions_normalized[0], plan.actions[0]
         i = queue.pop(0)
