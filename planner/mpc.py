@@ -366,10 +366,10 @@ def plan_through_subgoals(agent: MPCAgent, images, prev_actions, targets: list[t
                           executed_steps=executed_steps, seed=seed, subgoal=target < len(targets) - 1)
         plan_ms.append(plan.plan_ms)
         if target < len(targets) - 1:
-            energy = float(plan.current_energy[0])
-            if energy <= threshold:  # NaN threshold: never
+            now = float(plan.current_energy[0])
+            if now <= threshold:  # NaN threshold: never
                 passed.append(target)
-            elif patience is not None and patience.stalled_on(energy):
+            elif patience is not None and patience.stalled_on(now):
                 patience.skipped.append(target)
             else:
                 return plan, target, passed, plan_ms
