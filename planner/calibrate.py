@@ -95,8 +95,9 @@ def run(cfg: CalibrateConfig) -> dict:
 
 def state_head_proprio_dims(config: dict) -> int:
     """How many proprio columns lead a checkpoint's state energy head's readout (0: no state head)."""
-    fit = (config.get("energy_head_fit") or {}).get("config")
-    head = fit or config.get("training", {}).get("energy_head")
-    if not head or head.get("kind") != "state" or not config.get("architecture", {}).get("energy_head_dim"):
+    from planner.checkpoint import energy_head_config
+
+    head = energy_head_config(config)
+    if head.get("kind") != "state" or not config.get("architecture", {}).get("energy_head_dim"):
         return 0
     return int(head.get("state_proprio_dims", 0))

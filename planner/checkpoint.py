@@ -292,13 +292,19 @@ def _planner_lines(config: dict) -> list[str]:
             "`planner set-planner`).", *([f"Evidence: {evidence}"] if evidence else []), ""]
 
 
+def energy_head_config(config: dict) -> dict:
+    """The config of the energy head a checkpoint carries: the last `planner fit-energy-head`'s, else the
+    one `planner train` fitted ({} when neither is recorded)."""
+    return ((config.get("energy_head_fit") or {}).get("config")
+            or (config.get("training") or {}).get("energy_head") or {})
+
+
 def render_card(config: dict, name: str, commands: list[str] | None = None) -> str:
     """card.md text: what the model is, the data and config it was trained with, metrics, exact commands."""
     data = config.get("training_data", {})
     metrics = config.get("metrics", {})
     arch = config.get("architecture", {})
-    head_kind = ((config.get("energy_head_fit") or {}).get("config")
-                 or (config.get("training") or {}).get("energy_head") or {}).get("kind", "reachability")
+    head_kind = energy_head_config(config).get("kind", "reachability")
     energy = (
         "the distance between the energy-head readings of the imagined latents and of the goal image's "
         "latent (a supervised readout of the recorded proprio and task state in their units, "
