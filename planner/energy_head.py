@@ -171,6 +171,18 @@ def state_targets(proprio, task_state, cfg: EnergyHeadConfig) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+def state_column_weights(e_dim: int, proprio_dims: int, proprio_weight: float) -> torch.Tensor:
+    """float[E] weights of a state head's readout columns: `proprio_weight` on the first `proprio_dims` (the
+    proprio part, state_targets puts it first), 1 on the task state (a final goal's energy, planner
+    calibrate --goal-proprio-weight)."""
+    if not 0 < proprio_dims < e_dim:
+        raise ValueError(f"a state head's {proprio_dims} proprio columns must be fewer than its {e_dim} "
+                         "columns and at least one")
+    weights = torch.ones(e_dim)
+    weights[:proprio_dims] = proprio_weight
+    return weights
+
+
 @dataclass
 class StateHeadFit:
     """Fit diagnostics of a state head: median absolute readout error per target column (weighted units)

@@ -154,7 +154,8 @@ class MPCAgent:
         calibration = cfg.get("goal_energy_calibration") or {}
         subgoal = calibration.get("subgoal_threshold")
         self.subgoal_energy_threshold = self.goal_energy_threshold if subgoal is None else float(subgoal)
-        self.goal_energy_weights = goal_energy_weights(calibration, getattr(self.model, "cfg", None))
+        weights = goal_energy_weights(calibration, getattr(self.model, "cfg", None))
+        self.goal_energy_weights = None if weights is None else weights.to(self.device)
 
     def with_planner(
         self,
@@ -251,21 +252,21 @@ class MPCAgent:
         weights = None
         if self.goal_energy_weights is not None and to_goal.any() and self.objective.space == "latent":
             weights = torch.ones(b, len(self.goal_energy_weights), device=self.device)
-            weights[torch.as_tensor(to_goal, device=self.device)] = self.goal_energy_weights.to(self.device)
+            weights[torch.as_tensor(to_goal, device=self.device)] = self.goal_energy_weights
         objective = make_objective(self.model, z, a_prev, goal, self.objective, energy_weights=weights)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         sol = solve(objective, self.solver, batch=b, horizon=self.horizon, action_dim=a_dim,
                     init=init, generator=gen, device=self.device)
         with torch.no_grad():
-            embed, w = energy_space(self.model), 1.0 if weights is None else weights  # w: [B,E]
-            e_goal = embed(goal) * w
+            embed = energy_space(self.model, weights)  # the objective's space, weights and all
+            e_goal = embed(goal)
             if self.objective.disagreement > 0:  # the members' mean, as the objective sees the plan
-                final = self.model.rollout_members(z, a_prev, sol.actions[:, None])[:, :, 0, -1]  # [M,B,D]
-                e_plan = energy(embed(final) * w, e_goal).mean(0).cpu().numpy()
+                finals = self.model.rollout_members(z, a_prev, sol.actions[:, None])[:, :, 0, -1]  # [M,B,D]
+                e_plan = torch.stack([energy(embed(f), e_goal) for f in finals]).mean(0).cpu().numpy()
             else:
                 final = self.model.rollout(z, a_prev, sol.actions[:, None])[:, 0, -1]
-                e_plan = energy(embed(final) * w, e_goal).cpu().numpy()
-            e_now = energy(embed(z[:, -1]) * w, e_goal).cpu().numpy()
+                e_plan = energy(embed(final), e_goal).cpu().numpy()
+            e_now = energy(embed(z[:, -1]), e_goal).cpu().numpy()
         thresholds = np.where(to_goal, self.goal_energy_threshold, self.subgoal_energy_threshold)
         norm = sol.actions.detach().cpu().numpy().astype(np.float32)
         state = sol.state.detach().cpu().numpy()
@@ -384,15 +385,13 @@ def goal_energy_weights(calibration: dict, model_cfg) -> torch.Tensor | None:
     """float[E] weights of the energy space's columns for final goals, from a goal calibration made with
     `planner calibrate --goal-proprio-weight W` (`proprio_weight` W on its first `proprio_dims` columns, a
     state head's proprio readout); None when W is 1 or absent."""
+    from planner.energy_head import state_column_weights
+
     weight = float(calibration.get("proprio_weight", 1.0))
     if weight == 1.0:
         return None
-    dims, e_dim = int(calibration["proprio_dims"]), int(getattr(model_cfg, "energy_head_dim", 0) or 0)
-    if not 0 < dims < e_dim:
-        raise ValueError(f"goal calibration weights {dims} proprio columns but the energy head has {e_dim}")
-    weights = torch.ones(e_dim)
-    weights[:dims] = weight
-    return weights
+    e_dim = int(getattr(model_cfg, "energy_head_dim", 0) or 0)
+    return state_column_weights(e_dim, int(calibration["proprio_dims"]), weight)
 
 
 def pad_history(frames: list[np.ndarray], actions: list[np.ndarray], k: int, zero_action: np.ndarray):

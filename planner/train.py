@@ -29,7 +29,13 @@ from torch import nn
 from planner import checkpoint
 from planner.cli import invoked_command
 from planner.data import WindowDataset, WindowSpec, episode_lengths, split_episodes
-from planner.energy_head import EnergyHeadConfig, fit_energy_head, fit_state_head, state_targets
+from planner.energy_head import (
+    EnergyHeadConfig,
+    fit_energy_head,
+    fit_state_head,
+    state_column_weights,
+    state_targets,
+)
 from planner.metrics import (
     calibrate_goal_energy_threshold,
     collapse_stats,
@@ -372,8 +378,7 @@ def calibrate_goal_threshold(model: WorldModel, store: TrajectoryStore, episodes
     target = success_threshold * margin
     result = calibrate_goal_energy_threshold(in_energy_space(model, enc), target).to_dict()
     if proprio_weight != 1.0:
-        weights = torch.ones(model.cfg.energy_head_dim)
-        weights[:proprio_dims] = proprio_weight
+        weights = state_column_weights(model.cfg.energy_head_dim, proprio_dims, proprio_weight)
         plain = result["threshold"]
         result = calibrate_goal_energy_threshold(in_energy_space(model, enc, weights), target).to_dict()
         result |= {"proprio_weight": proprio_weight, "proprio_dims": proprio_dims, "subgoal_threshold": plain}
