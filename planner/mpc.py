@@ -366,19 +366,18 @@ def plan_through_subgoals(agent: MPCAgent, images, prev_actions, targets: list[t
         plan = agent.plan(images[None], prev_actions[None], targets[target], warm,
                           executed_steps=executed_steps, seed=seed, subgoal=target < len(targets) - 1)
         plan_ms.append(plan.plan_ms)
-        if target < len(targets) - 1:
-            now = float(plan.current_energy[0])
-            if now <= threshold:  # NaN threshold: never
-                passed.append(target)
-            elif patience is not None and patience.stalled_on(now):
-                patience.skipped.append(target)
-            else:
-                return plan, target, passed, plan_ms
-            target, warm = target + 1, None
-            if patience is not None:
-                patience.next_target()
-            continue
-        return plan, target, passed, plan_ms
+        if target == len(targets) - 1:
+            return plan, target, passed, plan_ms
+        now = float(plan.current_energy[0])
+        if now <= threshold:  # NaN threshold: never
+            passed.append(target)
+        elif patience is not None and patience.stalled_on(now):
+            patience.skipped.append(target)
+        else:
+            return plan, target, passed, plan_ms
+        target, warm = target + 1, None
+        if patience is not None:
+            patience.next_target()
 
 
 def goal_energy_weights(calibration: dict, model_cfg) -> torch.Tensor | None:
