@@ -62,6 +62,10 @@ class EvalConfig:
     """Solver iterations (default: the checkpoint's budget for this solver, else the solver's)."""
     horizon: int | None = None
     """Planning horizon in control steps (default: the checkpoint's `planner` horizon, else 15)."""
+    binary_dims: tuple[int, ...] | None = None
+    """Action dimensions the solver snaps to their bounds, e.g. `--binary-dims 3` for the arm's gripper
+    (planner.solvers.SolverConfig.binary_dims; default: the checkpoint's `planner` entry, else none). The
+    simulator baseline snaps the same dimensions."""
     replan_every: int = 1
     """Execute this many planned actions before replanning."""
     objective_space: str = "latent"
@@ -451,7 +455,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     steps = task.step_budget if cfg.max_steps is None else min(cfg.max_steps, task.step_budget)
     rule = Preprocessing.from_checkpoint_config(ck)
     defaults = PlannerDefaults.from_config(ck)
-    solver_cfg, horizon = defaults.resolve(cfg.solver, cfg.horizon, cfg.samples, cfg.iterations)
+    solver_cfg, horizon = defaults.resolve(cfg.solver, cfg.horizon, cfg.samples, cfg.iterations,
+                                           cfg.binary_dims)
     objective = defaults.objective(space=cfg.objective_space, reduce=cfg.objective_reduce,
                                    disagreement=cfg.disagreement)
     agent = make_agent(loaded, cfg, solver_cfg, horizon, objective)
@@ -495,6 +500,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         solver="policy" if is_policy else solver_cfg.name,
         **(common(0, 0, 1, cfg.episodes) if is_policy else
            common(solver_cfg.samples, solver_cfg.iterations, horizon, cfg.episodes)),
+        binary_dims=None if is_policy else list(solver_cfg.binary_dims),
         checkpoint_planner_defaults=defaults.to_dict(),
         model_type=ck["model_type"],
         objective=None if is_policy else asdict(agent.objective),
@@ -517,7 +523,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         rand = [dict(run_random_episode(env, s, steps), index=i)
                 for i, s in zip(indices, tqdm(seeds, desc="baseline random", disable=not cfg.progress),
                                 strict=True)]
-        sim_cfg = make_solver(solver_cfg.name, samples=cfg.sim_samples, iterations=cfg.sim_iterations)
+        sim_cfg = make_solver(solver_cfg.name, samples=cfg.sim_samples, iterations=cfg.sim_iterations,
+                              binary_dims=solver_cfg.binary_dims)
         n_sim = cfg.sim_episodes or len(seeds)
         t0 = time.perf_counter()
         sim_objective = ObjectiveConfig() if is_policy else agent.objective
@@ -530,7 +537,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             random=dict(solver="random", **common(0, 0, 0, len(rand)), **summarize(rand)),
             simulator=dict(solver=solver_cfg.name,
                            **common(cfg.sim_samples, cfg.sim_iterations, cfg.sim_horizon, len(sim)),
-                           subgoals=subgoals, wall_s=sim_s, **summarize(sim)),
+                           binary_dims=list(sim_cfg.binary_dims), subgoals=subgoals, wall_s=sim_s,
+                           **summarize(sim)),
         )
     env.close()
     if cfg.json:

@@ -24,7 +24,15 @@ import torch
 from planner.objectives import ObjectiveConfig, energy, energy_space, make_objective
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import images_to_model_input
-from planner.solvers import SolverConfig, make_solver, shift_plan, solve, validate_budget, with_budget
+from planner.solvers import (
+    SolverConfig,
+    make_solver,
+    shift_plan,
+    solve,
+    validate_binary_dims,
+    validate_budget,
+    with_budget,
+)
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,7 @@ class MPCAgent:
         self.device = torch.device(device)
         cfg = loaded.config
         self.action_spec = ActionSpec.from_config(cfg["action"])
+        validate_binary_dims(self.solver.binary_dims, len(self.action_spec.low))
         self.history_len = int(cfg["history_len"])
         self.image_size = int(cfg["image"]["size"])
         threshold = cfg.get("goal_energy_threshold")
@@ -165,8 +174,10 @@ class MPCAgent:
         samples: int | None = None,
         iterations: int | None = None,
     ) -> MPCAgent:
-        """A new agent sharing this model, with another solver and/or budget (validated)."""
-        cfg = self.solver if solver is None or solver == self.solver.name else make_solver(solver)
+        """A new agent sharing this model, with another solver and/or budget (validated); the action
+        dimensions it snaps (`binary_dims`) stay this agent's."""
+        cfg = self.solver if solver is None or solver == self.solver.name else make_solver(
+            solver, binary_dims=self.solver.binary_dims)
         cfg = with_budget(cfg, samples=samples, iterations=iterations)
         other = object.__new__(MPCAgent)
         other.__dict__.update(self.__dict__)

@@ -1,5 +1,5 @@
 """A checkpoint's own planner settings: config.json `planner` {solver, horizon, samples, iterations,
-disagreement, evidence}.
+disagreement, binary_dims, evidence}.
 
 The best horizon (or budget) depends on the model: a model whose imagination drifts over many steps is
 exploited by a long-horizon search (docs/BENCHMARKS.md, "Predictor or energy?"). So a checkpoint may
@@ -11,10 +11,17 @@ own budget). `evidence` says which measurement chose them (a results file and it
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from planner.objectives import ObjectiveConfig
-from planner.solvers import SOLVERS, SolverConfig, make_solver, validate_budget, with_budget
+from planner.solvers import (
+    SOLVERS,
+    SolverConfig,
+    make_solver,
+    validate_binary_dims,
+    validate_budget,
+    with_budget,
+)
 
 DEFAULT_HORIZON = 15
 """Planning horizon in control steps when neither the caller nor the checkpoint sets one."""
@@ -37,6 +44,9 @@ class PlannerDefaults:
     disagreement: float | None = None
     """Weight of the ensemble members' disagreement in the cost (planner.objectives.ObjectiveConfig; an
     ensemble checkpoint only; None: 0)."""
+    binary_dims: tuple[int, ...] | None = None
+    """Action dimensions every solver snaps to their bounds (planner.solvers.SolverConfig.binary_dims; the
+    arm's gripper, 3, which the training data only opened or closed fully); None: none."""
     evidence: str | None = None
     """The measurement that chose these settings (results file, command, figures)."""
 
@@ -53,6 +63,12 @@ class PlannerDefaults:
         if self.disagreement is not None and (isinstance(self.disagreement, bool) or not isinstance(
                 self.disagreement, (int, float)) or not 0 <= self.disagreement < float("inf")):
             raise ValueError(f"planner.disagreement must be a finite number >= 0, got {self.disagreement!r}")
+        if self.binary_dims is not None:
+            if not isinstance(self.binary_dims, (list, tuple)):
+                raise ValueError(f"planner.binary_dims must be a list of action dimensions, got "
+                                 f"{self.binary_dims!r}")
+            validate_binary_dims(self.binary_dims)
+            object.__setattr__(self, "binary_dims", tuple(int(d) for d in self.binary_dims))
         if self.evidence is not None and not isinstance(self.evidence, str):
             raise ValueError(f"planner.evidence must be a string, got {type(self.evidence).__name__}")
 
@@ -70,7 +86,10 @@ class PlannerDefaults:
 
     def to_dict(self) -> dict:
         """The config.json entry: only the keys that are set."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if "binary_dims" in out:
+            out["binary_dims"] = list(out["binary_dims"])
+        return out
 
     def objective(self, **overrides) -> ObjectiveConfig:
         """The planning objective: ObjectiveConfig's defaults, this checkpoint's disagreement weight, then
@@ -79,13 +98,19 @@ class PlannerDefaults:
         return ObjectiveConfig(**kw | {k: v for k, v in overrides.items() if v is not None})
 
     def resolve(self, solver: str | None = None, horizon: int | None = None, samples: int | None = None,
-                iterations: int | None = None) -> tuple[SolverConfig, int]:
-        """Explicit arguments over these defaults over the planner-wide ones -> (solver config, horizon)."""
+                iterations: int | None = None, binary_dims: tuple[int, ...] | None = None
+                ) -> tuple[SolverConfig, int]:
+        """Explicit arguments over these defaults over the planner-wide ones -> (solver config, horizon).
+        `binary_dims` applies to whichever solver is picked."""
         name = solver or self.solver or DEFAULT_SOLVER
         cfg = make_solver(name)
         if name == self.solver:
             cfg = with_budget(cfg, samples=self.samples, iterations=self.iterations)
         cfg = with_budget(cfg, samples=samples, iterations=iterations)
+        dims = binary_dims if binary_dims is not None else self.binary_dims
+        if dims:
+            validate_binary_dims(dims)
+            cfg = replace(cfg, binary_dims=tuple(int(d) for d in dims))
         h = self.resolve_horizon(horizon)
         validate_budget(cfg.samples, cfg.iterations, h)
         return cfg, h

@@ -17,6 +17,7 @@ from pathlib import Path
 import tyro
 
 from planner.planner_defaults import CONFIG_KEY, PlannerDefaults
+from planner.solvers import validate_binary_dims
 
 
 @dataclass
@@ -26,7 +27,8 @@ class SetPlannerConfig:
     checkpoint: Path
     """Checkpoint directory to update."""
     settings: tyro.conf.OmitArgPrefixes[PlannerDefaults] = field(default_factory=PlannerDefaults)
-    """The entry to store (flags --solver, --horizon, --samples, --iterations, --disagreement, --evidence;
+    """The entry to store (flags --solver, --horizon, --samples, --iterations, --disagreement, --binary-dims,
+    --evidence;
     --evidence is required unless --clear)."""
     clear: bool = False
     """Remove the entry: the checkpoint plans with the planner-wide defaults again."""
@@ -44,7 +46,7 @@ def run(cfg: SetPlannerConfig) -> dict:
     if not cfg.clear:
         if not given:
             raise ValueError("give at least one of --solver, --horizon, --samples, --iterations, "
-                             "--disagreement (or --clear)")
+                             "--disagreement, --binary-dims (or --clear)")
         if not evidence:
             raise ValueError("--evidence is required: say which measurement chose these settings")
     entry = {} if cfg.clear else PlannerDefaults(**given, evidence=evidence).to_dict()
@@ -52,6 +54,7 @@ def run(cfg: SetPlannerConfig) -> dict:
     if entry.get("disagreement") and getattr(loaded.model.cfg, "pred_ensemble", 1) < 2:
         raise ValueError(f"--disagreement needs an ensemble checkpoint (`planner ensemble`); {loaded.name} "
                          "has one predictor")
+    validate_binary_dims(entry.get("binary_dims", ()), int(loaded.config["action"]["dim"]))
     command = invoked_command("set-planner")
     updates = {"commands": [*loaded.config.get("commands", []), *([command] if command else [])]}
     if entry:

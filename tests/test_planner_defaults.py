@@ -44,6 +44,9 @@ def loaded_with(entry):
     ({"solver": "cem", "iterations": 2.5}, "iterations"),
     ({"horizon": 8, "speed": "fast"}, "unknown key"),
     ("8", "must be an object"),
+    ({"binary_dims": 3}, "list of action dimensions"),
+    ({"binary_dims": [3, 3]}, "repeats"),
+    ({"binary_dims": [-1]}, "integers >= 0"),
 ])
 def test_malformed_entries_are_rejected(entry, message):
     with pytest.raises(ValueError, match=message):
@@ -73,6 +76,19 @@ def test_mpc_agent_starts_from_the_checkpoint_entry():
     assert MPCAgent(loaded_with(None)).horizon == DEFAULT_HORIZON
 
 
+def test_binary_dims_reach_every_solver_and_are_checked_against_the_action():
+    d = PlannerDefaults.from_config({"planner": {"horizon": 8, "binary_dims": [1]}})
+    assert d.binary_dims == (1,) and d.to_dict()["binary_dims"] == [1]
+    for solver in ("cem", "mppi", None):
+        assert d.resolve(solver=solver)[0].binary_dims == (1,)
+    assert d.resolve(binary_dims=())[0].binary_dims == ()  # an explicit empty list switches it off
+    ag = MPCAgent(loaded_with({"binary_dims": [1]}))
+    assert ag.solver.binary_dims == (1,)
+    assert ag.with_planner("icem", samples=16).solver.binary_dims == (1,)
+    with pytest.raises(ValueError, match="out of range for a 2-dimensional action"):
+        MPCAgent(loaded_with({"binary_dims": [2]}))
+
+
 def test_load_names_the_file_of_a_malformed_entry(tiny_ckpt):
     cfg_path = tiny_ckpt / "config.json"
     config = json.loads(cfg_path.read_text())
@@ -96,7 +112,11 @@ def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
     assert (res["solver"], res["samples"], res["iterations"], res["horizon"]) == ("cem", 8, 2, 3)
     assert res["checkpoint_planner_defaults"] == entry
     res = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, horizon=2, progress=False))
-    assert res["horizon"] == 2 and res["samples"] == 8
+    assert res["horizon"] == 2 and res["samples"] == 8 and res["binary_dims"] == []
+    res = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, binary_dims=(1,),
+                              baselines=True, sim_episodes=1, sim_samples=4, sim_iterations=1, sim_horizon=2,
+                              progress=False))
+    assert res["binary_dims"] == [1] and res["baselines"]["simulator"]["binary_dims"] == [1]
     with pytest.raises(ValueError, match="replan-every"):
         evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, replan_every=4,
                             progress=False))
@@ -118,6 +138,7 @@ def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
     (["--clear", "--horizon", "8"], 1, "--clear takes no other"),
     (["--horizon", "0", "--evidence", "x"], 2, "horizon must be between 1"),  # tyro: a parse error
     (["--samples", "64", "--evidence", "x"], 2, "need planner.solver"),
+    (["--binary-dims", "4", "--evidence", "x"], 1, "out of range for a 4-dimensional action"),
 ])
 def test_set_planner_refuses_bad_requests_and_leaves_the_checkpoint(tiny_ckpt, flags, code, message, capsys):
     from planner.cli import main

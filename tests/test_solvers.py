@@ -158,3 +158,34 @@ def test_gd_rejects_non_differentiable_objective():
 def test_objective_shape_checked():
     with pytest.raises(ValueError, match="objective returned shape"):
         run("cem", lambda a: a.sum(dim=-1))
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_binary_dims_are_only_ever_scored_at_their_bounds(name):
+    """Every candidate the objective sees, the best plan and the warm-start state hold dim 1 at -1 or +1;
+    the solver still finds the better bound (+1 here: the target 0.4 is nearer +1) and optimizes dim 0."""
+    seen = []
+    target = torch.full((1, H, A), 0.4)
+
+    def objective(actions):
+        seen.append(actions[..., 1].flatten())
+        return ((actions - target[:, None]) ** 2).sum(dim=(-1, -2))
+
+    sol = run(name, objective, binary_dims=(1,))
+    assert set(torch.cat(seen).unique().tolist()) <= {-1.0, 1.0}
+    assert set(sol.state[..., 1].unique().tolist()) <= {-1.0, 1.0}
+    assert torch.all(sol.actions[..., 1] == 1.0)
+    assert torch.allclose(sol.actions[..., 0], target[..., 0], atol=0.15)
+
+
+def test_binary_dims_validated_and_left_out_of_the_step_norm_cap():
+    with pytest.raises(ValueError, match="out of range for a 2-dimensional action"):
+        run("cem", multimodal, binary_dims=(2,))
+    with pytest.raises(ValueError, match="repeats"):
+        run("cem", multimodal, binary_dims=(1, 1))
+    with pytest.raises(ValueError, match="integers >= 0"):
+        run("cem", multimodal, binary_dims=(-1,))
+    target = torch.full((1, H, A), 3.0)
+    capped = run("cem", quadratic(target), max_step_norm=0.5, binary_dims=(1,))
+    assert torch.allclose(capped.actions[..., 0], torch.tensor(0.5), atol=1e-5)  # dim 1's 1.0 not counted
+    assert torch.all(capped.actions[..., 1] == 1.0)
