@@ -31,7 +31,7 @@ from planner.objectives import ObjectiveConfig, energy, energy_space, horizon_we
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
 from planner.seeding import episode_seed
-from planner.solvers import SOLVERS, make_solver, shift_plan, solve
+from planner.solvers import SOLVERS, make_solver, shift_plan, solve, with_action_dims
 
 
 @dataclass
@@ -66,6 +66,10 @@ class EvalConfig:
     """Action dimensions the solver snaps to their bounds, e.g. `--binary-dims 3` for the arm's gripper
     (planner.solvers.SolverConfig.binary_dims; default: the checkpoint's `planner` entry, else none). The
     simulator baseline snaps the same dimensions."""
+    fixed_dims: dict[int, float] | None = None
+    """Action dimensions the solver holds at a value (normalized units), e.g. `--fixed-dims 3 1.0`: the
+    gripper closed (planner.solvers.SolverConfig.fixed_dims; default: the checkpoint's `planner` entry,
+    else none). The simulator baseline holds the same dimensions."""
     replan_every: int = 1
     """Execute this many planned actions before replanning."""
     objective_space: str = "latent"
@@ -456,7 +460,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     rule = Preprocessing.from_checkpoint_config(ck)
     defaults = PlannerDefaults.from_config(ck)
     solver_cfg, horizon = defaults.resolve(cfg.solver, cfg.horizon, cfg.samples, cfg.iterations,
-                                           cfg.binary_dims)
+                                           cfg.binary_dims, cfg.fixed_dims)
     objective = defaults.objective(space=cfg.objective_space, reduce=cfg.objective_reduce,
                                    disagreement=cfg.disagreement)
     agent = make_agent(loaded, cfg, solver_cfg, horizon, objective)
@@ -500,7 +504,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         solver="policy" if is_policy else solver_cfg.name,
         **(common(0, 0, 1, cfg.episodes) if is_policy else
            common(solver_cfg.samples, solver_cfg.iterations, horizon, cfg.episodes)),
-        binary_dims=None if is_policy else list(solver_cfg.binary_dims),
+        **({} if is_policy else action_dims_record(solver_cfg)),
         checkpoint_planner_defaults=defaults.to_dict(),
         model_type=ck["model_type"],
         objective=None if is_policy else asdict(agent.objective),
@@ -523,8 +527,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         rand = [dict(run_random_episode(env, s, steps), index=i)
                 for i, s in zip(indices, tqdm(seeds, desc="baseline random", disable=not cfg.progress),
                                 strict=True)]
-        sim_cfg = make_solver(solver_cfg.name, samples=cfg.sim_samples, iterations=cfg.sim_iterations,
-                              binary_dims=solver_cfg.binary_dims)
+        sim_cfg = with_action_dims(make_solver(solver_cfg.name, samples=cfg.sim_samples,
+                                               iterations=cfg.sim_iterations), solver_cfg)
         n_sim = cfg.sim_episodes or len(seeds)
         t0 = time.perf_counter()
         sim_objective = ObjectiveConfig() if is_policy else agent.objective
@@ -537,13 +541,19 @@ def evaluate(cfg: EvalConfig) -> dict:
             random=dict(solver="random", **common(0, 0, 0, len(rand)), **summarize(rand)),
             simulator=dict(solver=solver_cfg.name,
                            **common(cfg.sim_samples, cfg.sim_iterations, cfg.sim_horizon, len(sim)),
-                           binary_dims=list(sim_cfg.binary_dims), subgoals=subgoals, wall_s=sim_s,
+                           **action_dims_record(sim_cfg), subgoals=subgoals, wall_s=sim_s,
                            **summarize(sim)),
         )
     env.close()
     if cfg.json:
         write_json_atomic(cfg.json, result)
     return result
+
+
+def action_dims_record(solver_cfg) -> dict:
+    """The JSON record of the action dimensions a solver snaps or holds."""
+    return dict(binary_dims=list(solver_cfg.binary_dims),
+                fixed_dims={str(d): v for d, v in solver_cfg.fixed_dims})
 
 
 def _rounded(ms: list[float]) -> list[float]:

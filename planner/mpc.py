@@ -29,8 +29,9 @@ from planner.solvers import (
     make_solver,
     shift_plan,
     solve,
-    validate_binary_dims,
+    validate_action_dims,
     validate_budget,
+    with_action_dims,
     with_budget,
 )
 
@@ -155,7 +156,8 @@ class MPCAgent:
         self.device = torch.device(device)
         cfg = loaded.config
         self.action_spec = ActionSpec.from_config(cfg["action"])
-        validate_binary_dims(self.solver.binary_dims, len(self.action_spec.low))
+        validate_action_dims(self.solver.binary_dims, self.solver.fixed_dims, len(self.action_spec.low),
+                             self.solver.low, self.solver.high)
         self.history_len = int(cfg["history_len"])
         self.image_size = int(cfg["image"]["size"])
         threshold = cfg.get("goal_energy_threshold")
@@ -175,9 +177,9 @@ class MPCAgent:
         iterations: int | None = None,
     ) -> MPCAgent:
         """A new agent sharing this model, with another solver and/or budget (validated); the action
-        dimensions it snaps (`binary_dims`) stay this agent's."""
-        cfg = self.solver if solver is None or solver == self.solver.name else make_solver(
-            solver, binary_dims=self.solver.binary_dims)
+        dimensions it snaps or fixes (`binary_dims`, `fixed_dims`) stay this agent's."""
+        cfg = self.solver if solver is None or solver == self.solver.name else with_action_dims(
+            make_solver(solver), self.solver)
         cfg = with_budget(cfg, samples=samples, iterations=iterations)
         other = object.__new__(MPCAgent)
         other.__dict__.update(self.__dict__)

@@ -1,5 +1,5 @@
 """A checkpoint's own planner settings: config.json `planner` {solver, horizon, samples, iterations,
-disagreement, binary_dims, evidence}.
+disagreement, binary_dims, fixed_dims, evidence}.
 
 The best horizon (or budget) depends on the model: a model whose imagination drifts over many steps is
 exploited by a long-horizon search (docs/BENCHMARKS.md, "Predictor or energy?"). So a checkpoint may
@@ -18,7 +18,7 @@ from planner.solvers import (
     SOLVERS,
     SolverConfig,
     make_solver,
-    validate_binary_dims,
+    validate_action_dims,
     validate_budget,
     with_budget,
 )
@@ -47,6 +47,9 @@ class PlannerDefaults:
     binary_dims: tuple[int, ...] | None = None
     """Action dimensions every solver snaps to their bounds (planner.solvers.SolverConfig.binary_dims; the
     arm's gripper, 3, which the training data only opened or closed fully); None: none."""
+    fixed_dims: dict[int, float] | None = None
+    """Action dimensions every solver holds at a value, {dimension: value} in normalized units
+    (planner.solvers.SolverConfig.fixed_dims; push holds the gripper closed, {3: 1.0}); None: none."""
     evidence: str | None = None
     """The measurement that chose these settings (results file, command, figures)."""
 
@@ -67,8 +70,18 @@ class PlannerDefaults:
             if not isinstance(self.binary_dims, (list, tuple)):
                 raise ValueError(f"planner.binary_dims must be a list of action dimensions, got "
                                  f"{self.binary_dims!r}")
-            validate_binary_dims(self.binary_dims)
-            object.__setattr__(self, "binary_dims", tuple(int(d) for d in self.binary_dims))
+            object.__setattr__(self, "binary_dims", tuple(self.binary_dims))
+        if self.fixed_dims is not None:
+            if not isinstance(self.fixed_dims, dict):
+                raise ValueError(f"planner.fixed_dims must map action dimensions to values, got "
+                                 f"{self.fixed_dims!r}")
+            try:  # config.json keys are strings
+                fixed = {int(d): v for d, v in self.fixed_dims.items()}
+            except ValueError as err:
+                raise ValueError(f"planner.fixed_dims keys must be action dimensions, got "
+                                 f"{list(self.fixed_dims)}") from err
+            object.__setattr__(self, "fixed_dims", fixed)
+        validate_action_dims(self.binary_dims or (), (self.fixed_dims or {}).items())
         if self.evidence is not None and not isinstance(self.evidence, str):
             raise ValueError(f"planner.evidence must be a string, got {type(self.evidence).__name__}")
 
@@ -89,6 +102,8 @@ class PlannerDefaults:
         out = {k: v for k, v in asdict(self).items() if v is not None}
         if "binary_dims" in out:
             out["binary_dims"] = list(out["binary_dims"])
+        if "fixed_dims" in out:
+            out["fixed_dims"] = {str(d): float(v) for d, v in out["fixed_dims"].items()}
         return out
 
     def objective(self, **overrides) -> ObjectiveConfig:
@@ -98,19 +113,21 @@ class PlannerDefaults:
         return ObjectiveConfig(**kw | {k: v for k, v in overrides.items() if v is not None})
 
     def resolve(self, solver: str | None = None, horizon: int | None = None, samples: int | None = None,
-                iterations: int | None = None, binary_dims: tuple[int, ...] | None = None
-                ) -> tuple[SolverConfig, int]:
+                iterations: int | None = None, binary_dims: tuple[int, ...] | None = None,
+                fixed_dims: dict[int, float] | None = None) -> tuple[SolverConfig, int]:
         """Explicit arguments over these defaults over the planner-wide ones -> (solver config, horizon).
-        `binary_dims` applies to whichever solver is picked."""
+        `binary_dims` and `fixed_dims` apply to whichever solver is picked (each replaces the stored one
+        as a whole)."""
         name = solver or self.solver or DEFAULT_SOLVER
         cfg = make_solver(name)
         if name == self.solver:
             cfg = with_budget(cfg, samples=self.samples, iterations=self.iterations)
         cfg = with_budget(cfg, samples=samples, iterations=iterations)
-        dims = binary_dims if binary_dims is not None else self.binary_dims
-        if dims:
-            validate_binary_dims(dims)
-            cfg = replace(cfg, binary_dims=tuple(int(d) for d in dims))
+        binary = tuple(binary_dims if binary_dims is not None else self.binary_dims or ())
+        fixed = tuple((int(d), float(v)) for d, v in
+                      (fixed_dims if fixed_dims is not None else self.fixed_dims or {}).items())
+        validate_action_dims(binary, fixed, low=cfg.low, high=cfg.high)
+        cfg = replace(cfg, binary_dims=binary, fixed_dims=fixed)
         h = self.resolve_horizon(horizon)
         validate_budget(cfg.samples, cfg.iterations, h)
         return cfg, h

@@ -17,7 +17,7 @@ from pathlib import Path
 import tyro
 
 from planner.planner_defaults import CONFIG_KEY, PlannerDefaults
-from planner.solvers import validate_binary_dims
+from planner.solvers import validate_action_dims
 
 
 @dataclass
@@ -28,7 +28,7 @@ class SetPlannerConfig:
     """Checkpoint directory to update."""
     settings: tyro.conf.OmitArgPrefixes[PlannerDefaults] = field(default_factory=PlannerDefaults)
     """The entry to store (flags --solver, --horizon, --samples, --iterations, --disagreement, --binary-dims,
-    --evidence;
+    --fixed-dims, --evidence;
     --evidence is required unless --clear)."""
     clear: bool = False
     """Remove the entry: the checkpoint plans with the planner-wide defaults again."""
@@ -46,7 +46,7 @@ def run(cfg: SetPlannerConfig) -> dict:
     if not cfg.clear:
         if not given:
             raise ValueError("give at least one of --solver, --horizon, --samples, --iterations, "
-                             "--disagreement, --binary-dims (or --clear)")
+                             "--disagreement, --binary-dims, --fixed-dims (or --clear)")
         if not evidence:
             raise ValueError("--evidence is required: say which measurement chose these settings")
     entry = {} if cfg.clear else PlannerDefaults(**given, evidence=evidence).to_dict()
@@ -54,7 +54,8 @@ def run(cfg: SetPlannerConfig) -> dict:
     if entry.get("disagreement") and getattr(loaded.model.cfg, "pred_ensemble", 1) < 2:
         raise ValueError(f"--disagreement needs an ensemble checkpoint (`planner ensemble`); {loaded.name} "
                          "has one predictor")
-    validate_binary_dims(entry.get("binary_dims", ()), int(loaded.config["action"]["dim"]))
+    constrained, _ = PlannerDefaults.from_config({CONFIG_KEY: entry}).resolve()
+    validate_action_dims(constrained.binary_dims, constrained.fixed_dims, int(loaded.config["action"]["dim"]))
     command = invoked_command("set-planner")
     updates = {"commands": [*loaded.config.get("commands", []), *([command] if command else [])]}
     if entry:

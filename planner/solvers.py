@@ -56,6 +56,11 @@ class SolverConfig:
     command is outside what the model has seen, and on the real arm a loose grip. Sampling solvers keep
     their distribution over the snapped values (a CEM mean of 0.6 closes in 80% of the candidates); GD's
     gradient moves such a dimension only by flipping it across the midpoint."""
+    fixed_dims: tuple[tuple[int, float], ...] = ()
+    """(dimension, value) pairs the solver does not search: every candidate holds the dimension at the value
+    (normalized units, within [low, high]). For a command the task never changes, such as the gripper
+    while pushing (closed in every goal and sub-goal image and in the task's expert), which a model that
+    cannot see the fingers would otherwise leave to chance."""
 
 
 @dataclass(frozen=True)
@@ -169,14 +174,32 @@ def validate_budget(samples: int, iterations: int, horizon: int) -> None:
             raise ValueError(f"{what} must be between 1 and {limit}, got {value}")
 
 
-def validate_binary_dims(dims, action_dim: int | None = None) -> None:
-    """Raise ValueError unless `dims` are distinct integer action dimensions (< action_dim if given)."""
-    if any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 0 for d in dims):
-        raise ValueError(f"binary_dims must be action dimensions (integers >= 0), got {list(dims)}")
-    if len(set(dims)) != len(dims):
-        raise ValueError(f"binary_dims has repeats: {list(dims)}")
-    if action_dim is not None and any(d >= action_dim for d in dims):
-        raise ValueError(f"binary_dims {list(dims)} out of range for a {action_dim}-dimensional action")
+def validate_action_dims(binary_dims=(), fixed_dims=(), action_dim: int | None = None, low: float = -1.0,
+                         high: float = 1.0) -> None:
+    """Raise ValueError unless `binary_dims` (dimensions) and `fixed_dims` ((dimension, value) pairs) name
+    distinct integer action dimensions (< action_dim if given), each fixed value finite in [low, high]."""
+    fixed = [tuple(p) for p in fixed_dims]
+    if any(len(p) != 2 for p in fixed):
+        raise ValueError(f"fixed_dims must be (dimension, value) pairs, got {list(fixed_dims)}")
+    for what, dims in (("binary_dims", list(binary_dims)), ("fixed_dims", [d for d, _ in fixed])):
+        if any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 0 for d in dims):
+            raise ValueError(f"{what} must name action dimensions (integers >= 0), got {dims}")
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"{what} has repeats: {dims}")
+        if action_dim is not None and any(d >= action_dim for d in dims):
+            raise ValueError(f"{what} {dims} out of range for a {action_dim}-dimensional action")
+    both = sorted(set(binary_dims) & {d for d, _ in fixed})
+    if both:
+        raise ValueError(f"dimension(s) {both} cannot be both binary and fixed")
+    for d, v in fixed:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not low <= v <= high:
+            raise ValueError(f"fixed_dims value for dimension {d} must be a number in [{low}, {high}] "
+                             f"(normalized units), got {v!r}")
+
+
+def with_action_dims(cfg: SolverConfig, source: SolverConfig) -> SolverConfig:
+    """A copy of `cfg` constraining the action dimensions as `source` does (binary_dims, fixed_dims)."""
+    return replace(cfg, binary_dims=source.binary_dims, fixed_dims=source.fixed_dims)
 
 
 def shift_plan(actions: torch.Tensor, steps: int = 1) -> torch.Tensor:
@@ -211,7 +234,7 @@ def solve(
         raise ValueError(f"batch and action_dim must be >= 1, got batch={batch}, action_dim={action_dim}")
     if cfg.low >= cfg.high:
         raise ValueError(f"action bounds need low < high, got [{cfg.low}, {cfg.high}]")
-    validate_binary_dims(cfg.binary_dims, action_dim)
+    validate_action_dims(cfg.binary_dims, cfg.fixed_dims, action_dim, cfg.low, cfg.high)
     gens = _generators(generator, batch)
     dev = torch.device(init.device if init is not None else device if device is not None else gens[0].device)
     if init is not None:
@@ -303,17 +326,20 @@ def _coloured_noise(samples: int, horizon: int, dim: int, beta: float, g: torch.
 
 
 def _project(actions: torch.Tensor, cfg: SolverConfig) -> torch.Tensor:
-    """Clamp to [low, high], snap `binary_dims` to the nearer bound and, if set, cap each step's L2 norm at
-    max_step_norm (over the other dimensions). Shape preserved."""
+    """Clamp to [low, high], snap `binary_dims` to the nearer bound, set `fixed_dims` and, if set, cap each
+    step's L2 norm at max_step_norm (over the other dimensions). Shape preserved."""
     actions = actions.clamp(cfg.low, cfg.high)
+    if cfg.binary_dims or cfg.fixed_dims:
+        actions = actions.clone()
     if cfg.binary_dims:
         dims = list(cfg.binary_dims)
         mid = 0.5 * (cfg.low + cfg.high)
-        actions = actions.clone()
         actions[..., dims] = torch.where(actions[..., dims] >= mid, cfg.high, cfg.low)
+    for d, v in cfg.fixed_dims:
+        actions[..., d] = v
     if cfg.max_step_norm is not None:
         free = torch.ones(actions.shape[-1], dtype=torch.bool, device=actions.device)
-        free[list(cfg.binary_dims)] = False
+        free[[*cfg.binary_dims, *(d for d, _ in cfg.fixed_dims)]] = False
         norm = (actions * free).norm(dim=-1, keepdim=True).clamp_min(1e-12)
         scale = torch.where(free, (cfg.max_step_norm / norm).clamp(max=1.0), torch.ones_like(norm))
         actions = actions * scale

@@ -47,6 +47,10 @@ def loaded_with(entry):
     ({"binary_dims": 3}, "list of action dimensions"),
     ({"binary_dims": [3, 3]}, "repeats"),
     ({"binary_dims": [-1]}, "integers >= 0"),
+    ({"fixed_dims": [3, 1.0]}, "must map action dimensions"),
+    ({"fixed_dims": {"grip": 1.0}}, "keys must be action dimensions"),
+    ({"fixed_dims": {"3": 2.0}}, "number in"),
+    ({"binary_dims": [3], "fixed_dims": {"3": 1.0}}, "both binary and fixed"),
 ])
 def test_malformed_entries_are_rejected(entry, message):
     with pytest.raises(ValueError, match=message):
@@ -76,17 +80,23 @@ def test_mpc_agent_starts_from_the_checkpoint_entry():
     assert MPCAgent(loaded_with(None)).horizon == DEFAULT_HORIZON
 
 
-def test_binary_dims_reach_every_solver_and_are_checked_against_the_action():
-    d = PlannerDefaults.from_config({"planner": {"horizon": 8, "binary_dims": [1]}})
-    assert d.binary_dims == (1,) and d.to_dict()["binary_dims"] == [1]
+def test_action_dims_reach_every_solver_and_are_checked_against_the_action():
+    entry = {"horizon": 8, "binary_dims": [1], "fixed_dims": {"0": 0.5}}
+    d = PlannerDefaults.from_config({"planner": entry})
+    assert d.binary_dims == (1,) and d.fixed_dims == {0: 0.5} and d.to_dict() == entry  # JSON round trip
     for solver in ("cem", "mppi", None):
-        assert d.resolve(solver=solver)[0].binary_dims == (1,)
-    assert d.resolve(binary_dims=())[0].binary_dims == ()  # an explicit empty list switches it off
-    ag = MPCAgent(loaded_with({"binary_dims": [1]}))
-    assert ag.solver.binary_dims == (1,)
-    assert ag.with_planner("icem", samples=16).solver.binary_dims == (1,)
+        cfg = d.resolve(solver=solver)[0]
+        assert (cfg.binary_dims, cfg.fixed_dims) == ((1,), ((0, 0.5),))
+    cfg = d.resolve(binary_dims=(), fixed_dims={})[0]  # explicit empties switch them off
+    assert (cfg.binary_dims, cfg.fixed_dims) == ((), ())
+    ag = MPCAgent(loaded_with(entry))
+    assert (ag.solver.binary_dims, ag.solver.fixed_dims) == ((1,), ((0, 0.5),))
+    other = ag.with_planner("icem", samples=16).solver
+    assert (other.binary_dims, other.fixed_dims) == ((1,), ((0, 0.5),))
     with pytest.raises(ValueError, match="out of range for a 2-dimensional action"):
         MPCAgent(loaded_with({"binary_dims": [2]}))
+    with pytest.raises(ValueError, match="out of range for a 2-dimensional action"):
+        MPCAgent(loaded_with({"fixed_dims": {"2": 1.0}}))
 
 
 def test_load_names_the_file_of_a_malformed_entry(tiny_ckpt):
@@ -112,11 +122,14 @@ def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
     assert (res["solver"], res["samples"], res["iterations"], res["horizon"]) == ("cem", 8, 2, 3)
     assert res["checkpoint_planner_defaults"] == entry
     res = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, horizon=2, progress=False))
-    assert res["horizon"] == 2 and res["samples"] == 8 and res["binary_dims"] == []
+    assert res["horizon"] == 2 and res["samples"] == 8
+    assert res["binary_dims"] == [] and res["fixed_dims"] == {}
     res = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, binary_dims=(1,),
-                              baselines=True, sim_episodes=1, sim_samples=4, sim_iterations=1, sim_horizon=2,
-                              progress=False))
-    assert res["binary_dims"] == [1] and res["baselines"]["simulator"]["binary_dims"] == [1]
+                              fixed_dims={3: 1.0}, baselines=True, sim_episodes=1, sim_samples=4,
+                              sim_iterations=1, sim_horizon=2, progress=False))
+    sim = res["baselines"]["simulator"]
+    assert res["binary_dims"] == sim["binary_dims"] == [1]
+    assert res["fixed_dims"] == sim["fixed_dims"] == {"3": 1.0}
     with pytest.raises(ValueError, match="replan-every"):
         evaluate(EvalConfig(checkpoint=str(tiny_ckpt), episodes=1, max_steps=2, replan_every=4,
                             progress=False))
@@ -139,6 +152,8 @@ def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
     (["--horizon", "0", "--evidence", "x"], 2, "horizon must be between 1"),  # tyro: a parse error
     (["--samples", "64", "--evidence", "x"], 2, "need planner.solver"),
     (["--binary-dims", "4", "--evidence", "x"], 1, "out of range for a 4-dimensional action"),
+    (["--fixed-dims", "4", "1.0", "--evidence", "x"], 1, "out of range for a 4-dimensional action"),
+    (["--fixed-dims", "3", "1.5", "--evidence", "x"], 2, "number in"),
 ])
 def test_set_planner_refuses_bad_requests_and_leaves_the_checkpoint(tiny_ckpt, flags, code, message, capsys):
     from planner.cli import main
@@ -149,3 +164,14 @@ def test_set_planner_refuses_bad_requests_and_leaves_the_checkpoint(tiny_ckpt, f
     out = capsys.readouterr()
     assert exit_info.value.code == code and message in " ".join((out.out + out.err).split())
     assert (tiny_ckpt / "config.json").read_bytes() == before
+
+
+def test_set_planner_stores_action_dims_from_the_command_line(tiny_ckpt):
+    from planner.cli import main
+
+    main(["set-planner", "--checkpoint", str(tiny_ckpt), "--fixed-dims", "3", "1.0", "--evidence", "x"])
+    loaded = checkpoint.load(tiny_ckpt)
+    assert loaded.config["planner"] == {"fixed_dims": {"3": 1.0}, "evidence": "x"}
+    assert MPCAgent(loaded).solver.fixed_dims == ((3, 1.0),)
+    main(["set-planner", "--checkpoint", str(tiny_ckpt), "--binary-dims", "3", "--evidence", "y"])
+    assert checkpoint.load(tiny_ckpt).config["planner"] == {"binary_dims": [3], "evidence": "y"}

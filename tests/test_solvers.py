@@ -178,13 +178,39 @@ def test_binary_dims_are_only_ever_scored_at_their_bounds(name):
     assert torch.allclose(sol.actions[..., 0], target[..., 0], atol=0.15)
 
 
-def test_binary_dims_validated_and_left_out_of_the_step_norm_cap():
-    with pytest.raises(ValueError, match="out of range for a 2-dimensional action"):
-        run("cem", multimodal, binary_dims=(2,))
-    with pytest.raises(ValueError, match="repeats"):
-        run("cem", multimodal, binary_dims=(1, 1))
-    with pytest.raises(ValueError, match="integers >= 0"):
-        run("cem", multimodal, binary_dims=(-1,))
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_fixed_dims_are_never_searched(name):
+    """Every candidate holds dim 1 at the fixed value, however much the cost would like another; dim 0 is
+    still optimized."""
+    seen = []
+    target = torch.full((1, H, A), 0.4)
+
+    def objective(actions):
+        seen.append(actions[..., 1].flatten())
+        return ((actions - target[:, None]) ** 2).sum(dim=(-1, -2))
+
+    sol = run(name, objective, fixed_dims=((1, -0.5),))
+    assert set(torch.cat(seen).unique().tolist()) == {-0.5}
+    assert torch.all(sol.actions[..., 1] == -0.5) and torch.all(sol.state[..., 1] == -0.5)
+    assert torch.allclose(sol.actions[..., 0], target[..., 0], atol=0.15)
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(binary_dims=(2,)), "out of range for a 2-dimensional action"),
+    (dict(binary_dims=(1, 1)), "repeats"),
+    (dict(binary_dims=(-1,)), "integers >= 0"),
+    (dict(fixed_dims=((2, 1.0),)), "out of range for a 2-dimensional action"),
+    (dict(fixed_dims=((1, 1.5),)), r"number in \[-1.0, 1.0\]"),
+    (dict(fixed_dims=((1, float("nan")),)), "number in"),
+    (dict(fixed_dims=((1,),)), "pairs"),
+    (dict(binary_dims=(1,), fixed_dims=((1, 1.0),)), "both binary and fixed"),
+])
+def test_action_dims_validated(over, message):
+    with pytest.raises(ValueError, match=message):
+        run("cem", multimodal, **over)
+
+
+def test_constrained_dims_left_out_of_the_step_norm_cap():
     target = torch.full((1, H, A), 3.0)
     capped = run("cem", quadratic(target), max_step_norm=0.5, binary_dims=(1,))
     assert torch.allclose(capped.actions[..., 0], torch.tensor(0.5), atol=1e-5)  # dim 1's 1.0 not counted
