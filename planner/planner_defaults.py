@@ -49,7 +49,7 @@ class PlannerDefaults:
     arm's gripper, 3, which the training data only opened or closed fully); None: none."""
     fixed_dims: dict[int, float] | None = None
     """Action dimensions every solver holds at a value, {dimension: value} in normalized units
-    (planner.solvers.SolverConfig.fixed_dims; push holds the gripper closed, {3: 1.0}); None: none."""
+    (planner.solvers.SolverConfig.fixed_dims; e.g. the gripper closed, {3: 1.0}); None: none."""
     evidence: str | None = None
     """The measurement that chose these settings (results file, command, figures)."""
 

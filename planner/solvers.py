@@ -58,9 +58,9 @@ class SolverConfig:
     gradient moves such a dimension only by flipping it across the midpoint."""
     fixed_dims: tuple[tuple[int, float], ...] = ()
     """(dimension, value) pairs the solver does not search: every candidate holds the dimension at the value
-    (normalized units, within [low, high]). For a command the task never changes, such as the gripper
-    while pushing (closed in every goal and sub-goal image and in the task's expert), which a model that
-    cannot see the fingers would otherwise leave to chance."""
+    (normalized units, within [low, high]). For a command the task should never change, e.g. a gripper
+    that a pushing task keeps closed. (Measured on our push model, which cannot see the fingers: holding
+    the gripper closed or open plans worse than leaving it free; docs/BENCHMARKS.md, session 10.)"""
 
 
 @dataclass(frozen=True)
