@@ -267,14 +267,14 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, workers):
 
 def test_ctrl_c_stops_workers_cleanly(tmp_path):
     out = tmp_path / "interrupted"
-    proc = start_runner(out, 40, 2)
+    proc = start_runner(out, 400, 2)  # 20 s of collecting: a Ctrl-C sent late by a loaded host still lands
     wait_for_shards(out, 2, proc)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
     assert "interrupted" in output and "--resume" in output and "Traceback" not in output
     kept = TrajectoryStore.open(out).validate()
-    assert 2 <= kept < 40
+    assert 2 <= kept < 400
     fake_collect(fake_cfg(out, episodes=kept + 2, resume=True, env_kwargs=SLOW))
     assert TrajectoryStore.open(out).validate() == kept + 2
 
