@@ -46,6 +46,8 @@ class AgentBackend:
             default_planner=PlannerParams(a.solver.name, a.horizon, a.solver.samples, a.solver.iterations),
             solvers=tuple(SOLVERS),
             goal_energy_threshold=None if threshold is None else float(threshold),
+            binary_dims=a.solver.binary_dims,
+            fixed_dims=a.solver.fixed_dims,
         )
 
     @classmethod

@@ -503,6 +503,8 @@ def _add_routes(app: FastAPI) -> None:
                 default_horizon=d.horizon,
                 default_samples=d.samples,
                 default_iterations=d.iterations,
+                binary_dims=list(spec.binary_dims),
+                fixed_dims={str(dim): v for dim, v in spec.fixed_dims},
                 max_horizon=s.max_horizon,
                 max_samples=s.max_samples,
                 max_iterations=s.max_iterations,

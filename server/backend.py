@@ -43,6 +43,10 @@ class ModelSpec:
     default_planner: PlannerParams
     solvers: tuple[str, ...]
     goal_energy_threshold: float | None = None
+    binary_dims: tuple[int, ...] = ()
+    """Action dimensions every plan commands only at their bounds (planner.solvers.SolverConfig)."""
+    fixed_dims: tuple[tuple[int, float], ...] = ()
+    """(dimension, normalized value) pairs every plan holds."""
 
     @property
     def image_size(self) -> int:

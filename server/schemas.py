@@ -187,6 +187,14 @@ class PlannerLimits(BaseModel):
     default_horizon: int
     default_samples: int
     default_iterations: int
+    binary_dims: list[int] = Field(
+        default_factory=list,
+        description="Action dimensions the planner only commands at their bounds (the checkpoint's planner "
+        "entry; docs/PLANNING.md), whatever the request's solver.")
+    fixed_dims: dict[str, float] = Field(
+        default_factory=dict,
+        description="Action dimensions the planner holds at a value, {dimension: value} in normalized units "
+        "(-1 is action_space.low, +1 high), whatever the request's solver.")
     max_horizon: int
     max_samples: int
     max_iterations: int

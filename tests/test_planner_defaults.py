@@ -2,6 +2,7 @@
 that plans (MPCAgent, `planner eval`, the server backend) starting from them; `planner set-planner`."""
 
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -175,3 +176,33 @@ def test_set_planner_stores_action_dims_from_the_command_line(tiny_ckpt):
     assert MPCAgent(loaded).solver.fixed_dims == ((3, 1.0),)
     main(["set-planner", "--checkpoint", str(tiny_ckpt), "--binary-dims", "3", "--evidence", "y"])
     assert checkpoint.load(tiny_ckpt).config["planner"] == {"binary_dims": [3], "evidence": "y"}
+
+
+def test_server_reports_and_keeps_the_action_dims(tiny_ckpt):
+    """GET /v1/models tells clients which dimensions the planner snaps or holds, and a plan asked of
+    another solver holds them too (the real AgentBackend behind the real app)."""
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from planner.cli import main
+    from server.agent_backend import AgentBackend
+    from server.app import create_app
+    from server.images import encode_base64_png
+    from server.settings import Settings
+
+    main(["set-planner", "--checkpoint", str(tiny_ckpt), "--horizon", "3", "--solver", "cem",
+          "--samples", "8", "--iterations", "1", "--fixed-dims", "3", "1.0", "--evidence", "x"])
+    backend = AgentBackend(checkpoint.load(tiny_ckpt))
+    with TestClient(create_app(Settings(max_wait_ms=1), lambda s: backend)) as client:
+        end = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        limits = client.get("/v1/models").json()["models"][0]["planner_limits"]
+        assert limits["fixed_dims"] == {"3": 1.0} and limits["binary_dims"] == []
+        frame, goal = (encode_base64_png(np.full((32, 32, 3), v, np.uint8)) for v in (90, 160))
+        r = client.post("/v1/plan", json={"observation": {"image": frame}, "goal": {"image": goal},
+                                          "planner": {"solver": "mppi"}})
+        assert r.status_code == 200, r.text
+        high = backend.spec.action_high[3]
+        assert np.allclose(np.array(r.json()["actions"])[:, 3], high)
