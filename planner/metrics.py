@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -132,10 +132,9 @@ def encode_episodes(model, episodes: Iterable, device: str | torch.device = "cpu
 
 
 @torch.no_grad()
-def in_energy_space(model, encoded: EncodedEpisodes, weights: torch.Tensor | None = None) -> EncodedEpisodes:
+def in_energy_space(model, encoded: EncodedEpisodes) -> EncodedEpisodes:
     """The same episodes with latents (and goal latents) mapped by `model.energy_embed`, so that the energy
-    metrics and the goal-threshold calibration measure the distance the planner uses; `weights` [E]
-    scales the embedding's columns (the final goal's energy, `goal_energy_weights`). Identity for models
+    metrics and the goal-threshold calibration measure the distance the planner uses. Identity for models
     without an energy head."""
     embed = getattr(model, "energy_embed", None)
     if embed is None or getattr(model, "energy_head", None) is None:
@@ -143,8 +142,7 @@ def in_energy_space(model, encoded: EncodedEpisodes, weights: torch.Tensor | Non
     device = next(model.parameters()).device
 
     def mapped(z: torch.Tensor) -> torch.Tensor:
-        e = embed(z.to(device)).float().cpu()
-        return e if weights is None else e * weights
+        return embed(z.to(device)).float().cpu()
 
     return EncodedEpisodes(
         latents=[mapped(z) for z in encoded.latents],
@@ -154,6 +152,13 @@ def in_energy_space(model, encoded: EncodedEpisodes, weights: torch.Tensor | Non
         goal_task_states=encoded.goal_task_states,
         proprio=encoded.proprio,
     )
+
+
+def scale_columns(encoded: EncodedEpisodes, weights: torch.Tensor) -> EncodedEpisodes:
+    """The same episodes with every latent's (and goal latent's) columns scaled by `weights` float[E]: an
+    energy space's, weighted as a final goal's energy is (planner.mpc.goal_energy_weights)."""
+    return replace(encoded, latents=[z * weights for z in encoded.latents],
+                   goal_latents=None if encoded.goal_latents is None else encoded.goal_latents * weights)
 
 
 def latent_distance(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:

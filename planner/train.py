@@ -44,6 +44,7 @@ from planner.metrics import (
     in_energy_space,
     kstep_prediction_error,
     linear_probe_r2,
+    scale_columns,
 )
 from planner.preprocess import images_to_model_input
 from planner.store import META_FILE, StoreError, TrajectoryStore
@@ -374,13 +375,13 @@ def calibrate_goal_threshold(model: WorldModel, store: TrajectoryStore, episodes
     energy, planner calibrate --goal-proprio-weight) the threshold is for that weighted energy, and
     `subgoal_threshold` (the plain energy's), `proprio_weight` and `proprio_dims` are recorded beside it
     for MPCAgent (planner.mpc.goal_energy_weights)."""
-    enc = encode_episodes(model, store.iter_episodes(episodes), device)
+    enc = in_energy_space(model, encode_episodes(model, store.iter_episodes(episodes), device))
     target = success_threshold * margin
-    result = calibrate_goal_energy_threshold(in_energy_space(model, enc), target).to_dict()
+    result = calibrate_goal_energy_threshold(enc, target).to_dict()
     if proprio_weight != 1.0:
         weights = state_column_weights(model.cfg.energy_head_dim, proprio_dims, proprio_weight)
         plain = result["threshold"]
-        result = calibrate_goal_energy_threshold(in_energy_space(model, enc, weights), target).to_dict()
+        result = calibrate_goal_energy_threshold(scale_columns(enc, weights), target).to_dict()
         result |= {"proprio_weight": proprio_weight, "proprio_dims": proprio_dims, "subgoal_threshold": plain}
     return {**result, "margin": margin, "task_success_threshold": success_threshold}
 
