@@ -31,7 +31,7 @@ from planner.objectives import ObjectiveConfig, energy, energy_space, horizon_we
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
 from planner.seeding import episode_seed
-from planner.solvers import SOLVERS, make_solver, shift_plan, solve, with_action_dims
+from planner.solvers import SOLVERS, action_dims_record, make_solver, shift_plan, solve, with_action_dims
 
 
 @dataclass
@@ -548,12 +548,6 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.json:
         write_json_atomic(cfg.json, result)
     return result
-
-
-def action_dims_record(solver_cfg) -> dict:
-    """The JSON record of the action dimensions a solver snaps or holds."""
-    return dict(binary_dims=list(solver_cfg.binary_dims),
-                fixed_dims={str(d): v for d, v in solver_cfg.fixed_dims})
 
 
 def _rounded(ms: list[float]) -> list[float]:

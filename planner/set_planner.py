@@ -49,13 +49,15 @@ def run(cfg: SetPlannerConfig) -> dict:
                              "--disagreement, --binary-dims, --fixed-dims (or --clear)")
         if not evidence:
             raise ValueError("--evidence is required: say which measurement chose these settings")
-    entry = {} if cfg.clear else PlannerDefaults(**given, evidence=evidence).to_dict()
+    settings = None if cfg.clear else PlannerDefaults(**given, evidence=evidence)
+    entry = {} if settings is None else settings.to_dict()
     loaded = checkpoint.load(cfg.checkpoint)
     if entry.get("disagreement") and getattr(loaded.model.cfg, "pred_ensemble", 1) < 2:
         raise ValueError(f"--disagreement needs an ensemble checkpoint (`planner ensemble`); {loaded.name} "
                          "has one predictor")
-    constrained, _ = PlannerDefaults.from_config({CONFIG_KEY: entry}).resolve()
-    validate_action_dims(constrained.binary_dims, constrained.fixed_dims, int(loaded.config["action"]["dim"]))
+    if settings is not None:
+        validate_action_dims(settings.binary_dims or (), (settings.fixed_dims or {}).items(),
+                             int(loaded.config["action"]["dim"]))
     command = invoked_command("set-planner")
     updates = {"commands": [*loaded.config.get("commands", []), *([command] if command else [])]}
     if entry:

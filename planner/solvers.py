@@ -197,6 +197,12 @@ def validate_action_dims(binary_dims=(), fixed_dims=(), action_dim: int | None =
                              f"(normalized units), got {v!r}")
 
 
+def action_dims_record(cfg: SolverConfig) -> dict:
+    """The JSON record of the action dimensions a solver snaps or holds: {binary_dims: [d, ...],
+    fixed_dims: {"d": value}} (eval results, GET /v1/models)."""
+    return dict(binary_dims=list(cfg.binary_dims), fixed_dims={str(d): v for d, v in cfg.fixed_dims})
+
+
 def with_action_dims(cfg: SolverConfig, source: SolverConfig) -> SolverConfig:
     """A copy of `cfg` constraining the action dimensions as `source` does (binary_dims, fixed_dims)."""
     return replace(cfg, binary_dims=source.binary_dims, fixed_dims=source.fixed_dims)

@@ -11,7 +11,7 @@ from planner import checkpoint
 from planner.mpc import MPCAgent, WarmStart
 from planner.objectives import energy, energy_space
 from planner.preprocess import Preprocessing
-from planner.solvers import SOLVERS
+from planner.solvers import SOLVERS, action_dims_record
 from server.backend import ModelSpec, PlannerParams, PlanOutcome, PlanProblem
 
 
@@ -46,8 +46,7 @@ class AgentBackend:
             default_planner=PlannerParams(a.solver.name, a.horizon, a.solver.samples, a.solver.iterations),
             solvers=tuple(SOLVERS),
             goal_energy_threshold=None if threshold is None else float(threshold),
-            binary_dims=a.solver.binary_dims,
-            fixed_dims=a.solver.fixed_dims,
+            action_dims=action_dims_record(a.solver),
         )
 
     @classmethod

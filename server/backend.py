@@ -6,7 +6,7 @@ The real backend (`server.agent_backend.AgentBackend`) wires planner.checkpoint 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,10 +43,9 @@ class ModelSpec:
     default_planner: PlannerParams
     solvers: tuple[str, ...]
     goal_energy_threshold: float | None = None
-    binary_dims: tuple[int, ...] = ()
-    """Action dimensions every plan commands only at their bounds (planner.solvers.SolverConfig)."""
-    fixed_dims: tuple[tuple[int, float], ...] = ()
-    """(dimension, normalized value) pairs every plan holds."""
+    action_dims: dict = field(default_factory=dict)
+    """The action dimensions every plan snaps or holds, {binary_dims, fixed_dims}
+    (planner.solvers.action_dims_record; {}: none)."""
 
     @property
     def image_size(self) -> int:
