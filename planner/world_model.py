@@ -40,6 +40,10 @@ class WorldModelConfig:
     coordinates of small objects (the block) then reach the latent linearly. 0: none."""
     enc_keypoint_layer: int = 2
     """1-based encoder layer whose output feeds the keypoints (2: a 16x16 map at 64 px)."""
+    enc_coords: bool = False
+    """CoordConv (Liu et al. 2018): every encoder conv also sees two constant channels holding its input's
+    pixel coordinates (x, y in [-1, 1]), so features can carry where a small object is as a value rather
+    than only as which cell fires - the route to a linear readout of the block's position."""
     pred_hidden: int = 256
     """Predictor hidden width."""
     pred_blocks: int = 1
@@ -107,16 +111,31 @@ class SpatialSoftmax(nn.Module):
         return torch.cat([x, y], dim=1)
 
 
+class CoordConv2d(nn.Conv2d):
+    """x [N,C,H,W] -> conv of x with two more input channels, its pixel coordinates (x then y in [-1, 1])."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int):
+        super().__init__(in_channels + 2, out_channels, kernel_size, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+        return super().forward(torch.cat([x, xs, ys], dim=1))
+
+
 class Encoder(nn.Module):
-    """images [N,3,S,S] -> z [N,D]: stride-2 conv + GroupNorm + SiLU layers, then a linear head (fed also
-    with spatial-softmax keypoints [N,2P] of an intermediate layer when cfg.enc_keypoints > 0)."""
+    """images [N,3,S,S] -> z [N,D]: stride-2 conv (CoordConv when cfg.enc_coords) + GroupNorm + SiLU
+    layers, then a linear head (fed also with spatial-softmax keypoints [N,2P] of an intermediate layer when
+    cfg.enc_keypoints > 0)."""
 
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
+        conv = CoordConv2d if cfg.enc_coords else nn.Conv2d
         for c in cfg.enc_channels:
-            layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.GroupNorm(cfg.enc_groups, c), nn.SiLU()]
+            layers += [conv(c_in, c, 4, stride=2, padding=1), nn.GroupNorm(cfg.enc_groups, c), nn.SiLU()]
             c_in = c
         self.convs = nn.Sequential(*layers)
         side = cfg.image_size // (2 ** len(cfg.enc_channels))

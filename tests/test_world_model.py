@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from planner.world_model import (
+    CoordConv2d,
     ObjectiveConfig,
     WorldModel,
     WorldModelConfig,
@@ -153,3 +154,32 @@ def test_encoder_with_keypoints_shapes_gradients_and_config_checks():
     assert plain.encoder.keypoints is None and "encoder.keypoints.proj.weight" not in plain.state_dict()
     with pytest.raises(ValueError, match="enc_keypoint_layer"):
         WorldModelConfig(**{**SMALL, "enc_keypoints": 4, "enc_keypoint_layer": 5})
+
+
+def test_coord_conv_sees_pixel_coordinates():
+    conv = CoordConv2d(1, 2, 1, stride=1, padding=0)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[0, 1] = 1.0  # output 0 = the x channel
+        conv.weight[1, 2] = 1.0  # output 1 = the y channel
+    out = conv(torch.zeros(2, 1, 3, 5))
+    assert out.shape == (2, 2, 3, 5)
+    torch.testing.assert_close(out[1, 0, 2], torch.linspace(-1, 1, 5))
+    torch.testing.assert_close(out[0, 1, :, 4], torch.linspace(-1, 1, 3))
+
+
+def test_encoder_with_coords_is_position_aware_and_round_trips(tmp_path):
+    m = small_model(enc_coords=True)
+    assert isinstance(m.encoder.convs[0], CoordConv2d) and m.encoder.convs[0].in_channels == 5
+    images = torch.zeros(2, 3, 32, 32)
+    images[0, :, 4:8, 4:8] = 1.0  # the same square, elsewhere
+    images[1, :, 20:24, 20:24] = 1.0
+    z = m.encode(images)
+    assert z.shape == (2, 16) and torch.isfinite(z).all()
+    assert not torch.allclose(z[0], z[1])
+    cfg = WorldModelConfig.from_dict(m.cfg.to_dict())
+    assert cfg.enc_coords and WorldModelConfig.from_dict(small_model().cfg.to_dict()).enc_coords is False
+    clone = WorldModel(cfg)
+    clone.load_state_dict(m.state_dict())
+    torch.testing.assert_close(clone.encode(images), z)
