@@ -1,4 +1,4 @@
-"""Data-collection policies: `random`, `explore`, `scripted`, and a coverage report for them.
+"""Data-collection policies: `random`, `explore`, `explore-gripper`, `scripted`; a coverage report for them.
 
 `make_policy(name, env, seed) -> Policy`; a Policy has `reset(info)` (new episode; info is the env's reset
 info, which goal-directed policies such as planner.planner_policy read) and `__call__(obs) -> float32[A]`
@@ -18,7 +18,7 @@ import numpy as np
 
 from envs.arm import MAX_STEP_M, WORKSPACE_HIGH, WORKSPACE_LOW, ArmEnv
 
-POLICIES = ("random", "explore", "scripted")
+POLICIES = ("random", "explore", "explore-gripper", "scripted")
 
 
 class RandomPolicy:
@@ -78,13 +78,22 @@ class ExplorePolicy:
     block tasks half of the waypoints lie low around the block) with Ornstein-Uhlenbeck noise and a
     gripper that flips now and then, or (b) for block tasks, the noisy scripted expert (pushes, grasp
     attempts, carries), chosen with probability `scripted_fraction`.
+
+    gripper `flip` (the `explore` policy): the command is +-1 (the expert's pushes are all closed-handed).
+    `free` (`explore-gripper`): every segment, scripted or not, draws its command anew - half the segments
+    hold one value uniform in [-1, 1], half draw a new one every step - so contact is seen with the hand
+    open, closed and anywhere between, as a planner sampling the gripper commands it.
     """
 
-    def __init__(self, env, seed: int, scripted_fraction: float = 0.5, noise: float = 0.35) -> None:
+    def __init__(self, env, seed: int, scripted_fraction: float = 0.5, noise: float = 0.35,
+                 gripper: str = "flip") -> None:
+        if gripper not in ("flip", "free"):
+            raise ValueError(f"gripper must be 'flip' or 'free', got {gripper!r}")
         self.env = env.unwrapped
         self.rng = np.random.default_rng(seed)
         self.scripted_fraction = scripted_fraction if self.env.has_block else 0.0
         self.noise = noise
+        self.free_gripper = gripper == "free"
         self.reset()
 
     def reset(self, info: dict | None = None) -> None:
@@ -102,6 +111,14 @@ class ExplorePolicy:
             )
         else:
             self.waypoint = self.rng.uniform(WORKSPACE_LOW, WORKSPACE_HIGH)
+        if self.free_gripper:
+            self.gripper_per_step = bool(self.rng.random() < 0.5)
+            self.gripper = float(self.rng.uniform(-1.0, 1.0))
+
+    def _free_gripper_command(self) -> float:
+        if self.gripper_per_step:
+            self.gripper = float(self.rng.uniform(-1.0, 1.0))
+        return self.gripper
 
     def __call__(self, obs) -> np.ndarray:
         ee = np.asarray(obs["proprio"][:3], dtype=float)
@@ -112,20 +129,30 @@ class ExplorePolicy:
         if self.scripted:
             a = self.env.scripted_action().astype(float)
             a[:3] += self.ou
-            if self.rng.random() < 0.05:
+            if self.free_gripper:
+                a[3] = self._free_gripper_command()
+            elif self.rng.random() < 0.05:
                 a[3] = -a[3]
             return np.clip(a, -1.0, 1.0).astype(np.float32)
         if np.linalg.norm(self.waypoint - ee) < 0.02:
             self.steps_left = 0
-        if self.rng.random() < 0.1:
+        if self.free_gripper:
+            self._free_gripper_command()
+        elif self.rng.random() < 0.1:
             self.gripper = float(self.rng.uniform(-1.0, 1.0) > 0) * 2.0 - 1.0
         move = np.clip((self.waypoint - ee) / MAX_STEP_M, -1.0, 1.0) * self.rng.uniform(0.4, 1.0)
         return np.clip(np.append(move + self.ou, self.gripper), -1.0, 1.0).astype(np.float32)
 
 
 def make_policy(name: str, env, seed: int):
-    """Policy by name: `random`, `explore` or `scripted`; `env` is the env it will act in."""
+    """Policy by name: `random`, `explore`, `explore-gripper` (our arm only) or `scripted`; `env` is the
+    env it will act in."""
     is_arm = isinstance(env.unwrapped, ArmEnv)
+    if name == "explore-gripper":
+        if not is_arm:
+            raise ValueError("policy 'explore-gripper' varies our arm's gripper command; this env is not "
+                             "our arm")
+        return ExplorePolicy(env, int(seed), gripper="free")
     classes = dict(random=RandomPolicy, explore=ExplorePolicy if is_arm else CorrelatedNoisePolicy,
                    scripted=ScriptedPolicy)
     if name not in classes:

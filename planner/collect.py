@@ -51,9 +51,11 @@ class CollectConfig:
     """Keyword arguments for the env as a JSON object, e.g. '{"image_size": 64}'."""
     steps: int = 50
     """Actions per episode (each episode stores steps+1 observations)."""
-    policy: Literal["random", "explore", "planner"] = "explore"
-    """Exploration policy: `random` (i.i.d. uniform), `explore` (temporally correlated), or `planner` (the
-    MPC planner of --checkpoint toward each episode's goal, plus --planner-noise; planner.planner_policy)."""
+    policy: Literal["random", "explore", "explore-gripper", "planner"] = "explore"
+    """Exploration policy: `random` (i.i.d. uniform), `explore` (temporally correlated), `explore-gripper`
+    (the same, its gripper command drawn anywhere in [-1, 1], also while pushing; our arm only), or
+    `planner` (the MPC planner of --checkpoint toward each episode's goal, plus --planner-noise;
+    planner.planner_policy)."""
     checkpoint: Path | None = None
     """The checkpoint that plans (--policy planner only; its planner defaults)."""
     planner_noise: float = 0.1

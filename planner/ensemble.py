@@ -68,6 +68,22 @@ def assemble(base, members: list) -> torch.nn.Module:
     return model.eval()
 
 
+def member_model(model: torch.nn.Module, member: int) -> torch.nn.Module:
+    """The single-predictor WorldModel of an ensemble's `member` (0: `predictor`, k: `extra_predictors[k-1]`):
+    the same encoder and energy head, that member's predictor copied; the inverse of `assemble`."""
+    from planner.world_model import WorldModel
+
+    m = model.cfg.pred_ensemble
+    if not 0 <= member < m:
+        raise ValueError(f"member must be in 0..{m - 1} (the ensemble has {m} predictors), got {member}")
+    single = WorldModel(replace(model.cfg, pred_ensemble=1))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("extra_predictors.")}
+    single.load_state_dict(state)
+    if member:
+        single.predictor.load_state_dict(model.extra_predictors[member - 1].state_dict())
+    return single.eval()
+
+
 def stage_notes(card: Path) -> str:
     """The base card's appended sections that say how its weights were made (e.g. "## Energy head"); its
     measured results (sections whose heading names results) describe the base, not the ensemble, and a

@@ -100,6 +100,10 @@ class RefitConfig:
     """torch CPU threads."""
     seed: int = 0
     """Seed of the fresh predictor and of window sampling."""
+    member: int | None = None
+    """With an ensemble checkpoint (`planner ensemble`): the member whose predictor is refitted (0: the
+    base's own); the output holds that one predictor (assemble again with `planner ensemble`). Required
+    for an ensemble, refused otherwise."""
     progress: bool = True
     """Show tqdm progress."""
 
@@ -219,13 +223,20 @@ def run(cfg: RefitConfig) -> Path | None:
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     members = checkpoint.read_config(cfg.checkpoint)["architecture"].get("pred_ensemble", 1)
-    if members > 1:
+    if members > 1 and cfg.member is None:
         raise RefitError(f"{cfg.checkpoint} holds an ensemble of {members} predictors; refit-predictor "
-                         "trains one: refit the single-predictor checkpoint the ensemble was assembled from, "
-                         "then `planner ensemble` again")
+                         f"trains one: pick it with --member 0..{members - 1} (or refit the single-predictor "
+                         "checkpoint the ensemble was assembled from), then `planner ensemble` again")
+    if cfg.member is not None and not 0 <= cfg.member < members:
+        raise RefitError(f"--member must be in 0..{members - 1} ({cfg.checkpoint} holds {members} "
+                         f"predictor{'s' if members > 1 else ''}), got {cfg.member}")
     loaded, store, train_idx, val_idx, val_source = open_frozen(cfg.checkpoint, cfg.data, device,
                                                                 "refit-predictor")
     extra = open_extra_stores(cfg.extra_data, store, RefitError)
+    if members > 1:
+        from planner.ensemble import member_model
+
+        loaded.model = member_model(loaded.model, cfg.member).to(device)
     model = loaded.model
     if cfg.energy_weight > 0 and model.energy_head is None:
         raise RefitError(f"--energy-weight needs an energy head; {cfg.checkpoint} has none (planner "
@@ -329,12 +340,17 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
 
     command = invoked_command("refit-predictor")
     drop = {*checkpoint.FILLED_BY_SAVE, "surprise"}  # the surprise calibration measured the old predictor
+    if "ensemble" in loaded.config:  # one member refitted: no longer an ensemble, nor planned as one
+        drop.add("ensemble")
     config = {key: v for key, v in loaded.config.items() if key not in drop}
+    if "ensemble" in loaded.config and "disagreement" in config.get("planner", {}):
+        config["planner"] = {k: v for k, v in config["planner"].items() if k != "disagreement"}
     metrics = {key: v for key, v in config.get("metrics", {}).items()
                if not key.startswith(("kstep_ratio_", "action_sensitivity_", "energy_error_"))}
     config["metrics"] = metrics | {key: v for key, v in after.items() if key != "n_windows"}
     config["predictor_refit"] = {
         "source": loaded.name,
+        **({"member": cfg.member} if cfg.member is not None else {}),
         "data": str(cfg.data),
         "train_windows": n_windows,
         "extra_episodes": extra_episodes,

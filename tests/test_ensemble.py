@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from planner import checkpoint
-from planner.ensemble import EnsembleConfig
+from planner.ensemble import EnsembleConfig, member_model
 from planner.ensemble import run as ensemble
 from planner.mpc import MPCAgent
 from planner.objectives import ObjectiveConfig, horizon_weights, latent_distance, make_objective
@@ -128,10 +128,31 @@ def test_the_planner_takes_the_disagreement_weight_from_the_checkpoint(parts, tm
     assert plan.actions.shape == (1, 3, 4) and np.isfinite(plan.energy).all()
 
 
-def test_refit_predictor_refuses_an_ensemble(parts, tmp_path):
+def test_refit_predictor_needs_a_member_of_an_ensemble(parts, tmp_path):
     from planner.refit_predictor import RefitConfig, RefitError
     from planner.refit_predictor import run as refit
 
     ensemble(EnsembleConfig(checkpoint=parts["base"], members=(parts["m1"],), out=tmp_path / "ens"))
-    with pytest.raises(RefitError, match="holds an ensemble"):
+    with pytest.raises(RefitError, match="holds an ensemble.*--member 0..1"):
         refit(RefitConfig(checkpoint=tmp_path / "ens", data=tmp_path / "no-store", out=tmp_path / "r"))
+    with pytest.raises(RefitError, match="--member must be in 0..1"):
+        refit(RefitConfig(checkpoint=tmp_path / "ens", data=tmp_path / "no-store", out=tmp_path / "r",
+                          member=2))
+    with pytest.raises(RefitError, match="--member must be in 0..0"):
+        refit(RefitConfig(checkpoint=parts["base"], data=tmp_path / "no-store", out=tmp_path / "r", member=1))
+
+
+def test_member_model_takes_one_members_predictor_back_out(parts, tmp_path):
+    members = (parts["m1"], parts["m2"])
+    ensemble(EnsembleConfig(checkpoint=parts["base"], members=members, out=tmp_path / "ens"))
+    ens = checkpoint.load(tmp_path / "ens").model
+    z, a_hist = torch.randn(3, 2, 8), torch.rand(3, 2, 4) * 2 - 1
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    for k, name in enumerate(("base", "m1", "m2")):
+        single, src = member_model(ens, k), checkpoint.load(parts[name]).model
+        assert single.cfg.pred_ensemble == 1 and len(single.extra_predictors) == 0
+        with torch.no_grad():
+            torch.testing.assert_close(single.predict(z, a_hist), src.predict(z, a_hist), rtol=0, atol=0)
+            torch.testing.assert_close(single.encode(images), src.encode(images), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="member must be in 0..2"):
+        member_model(ens, 3)

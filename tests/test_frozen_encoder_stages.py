@@ -62,6 +62,37 @@ def test_refit_keeps_encoder_head_and_calibration_and_lowers_heldout_error(sourc
     assert loaded.model.predict(z, torch.zeros(3, 2, 2)).shape == (3, 16)
 
 
+def test_refit_of_one_ensemble_member_writes_a_single_predictor_checkpoint(source, tmp_path):
+    from planner.ensemble import EnsembleConfig
+    from planner.ensemble import run as ensemble
+    from planner.planner_defaults import PlannerDefaults
+    from planner.set_planner import SetPlannerConfig
+    from planner.set_planner import run as set_planner
+
+    store, ckpt = source
+    other = run(refit_cfg(store, ckpt, tmp_path / "a", steps=20, seed=1))
+    ensemble(EnsembleConfig(checkpoint=ckpt, members=(other,), out=tmp_path / "ens"))
+    set_planner(SetPlannerConfig(checkpoint=tmp_path / "ens", settings=PlannerDefaults(
+        horizon=5, disagreement=2.0, evidence="test")))
+    out = run(refit_cfg(store, tmp_path / "ens", tmp_path / "b", member=1))
+    cfg, new, ens = checkpoint.read_config(out), weights(out), weights(tmp_path / "ens")
+    assert cfg["architecture"]["pred_ensemble"] == 1 and "ensemble" not in cfg
+    assert cfg["planner"]["horizon"] == 5 and "disagreement" not in cfg["planner"]  # one predictor: none
+    rec = cfg["predictor_refit"]
+    assert rec["member"] == 1 and rec["source"] == checkpoint.checkpoint_name(tmp_path / "ens")
+    assert not any(k.startswith("extra_predictors.") for k in new)
+    for key in new:
+        if not key.startswith("predictor."):
+            assert torch.equal(new[key], ens[key]), key  # encoder and head are the ensemble's
+    assert checkpoint.load(out).model.cfg.pred_ensemble == 1
+    # it starts from member 1's predictor: one step at a negligible rate leaves member 1, not member 0
+    still = weights(run(refit_cfg(store, tmp_path / "ens", tmp_path / "c", member=1, steps=1, lr=1e-12,
+                                  warmup_steps=0)))
+    for key in (k for k in still if k.startswith("predictor.")):
+        torch.testing.assert_close(still[key], ens["extra_predictors.0." + key.removeprefix("predictor.")])
+    assert any(not torch.equal(still[k], ens[k]) for k in still if k.startswith("predictor."))
+
+
 def test_fresh_predictor_of_another_size_and_bad_requests(source, tmp_path):
     store, ckpt = source
     out = run(refit_cfg(store, ckpt, tmp_path, init="fresh", pred_hidden=32, pred_blocks=2, steps=10))

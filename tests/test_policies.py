@@ -22,7 +22,7 @@ def _actions(env_id: str, name: str, seed: int, steps: int = 15) -> np.ndarray:
     return np.stack(out)
 
 
-@pytest.mark.parametrize("name", ["random", "explore", "scripted"])
+@pytest.mark.parametrize("name", ["random", "explore", "explore-gripper", "scripted"])
 def test_policy_deterministic_and_in_bounds(name):
     a, b = _actions("ArmPush-v0", name, 3), _actions("ArmPush-v0", name, 3)
     np.testing.assert_array_equal(a, b)
@@ -44,8 +44,22 @@ def test_explore_is_temporally_correlated_unlike_random():
 
 def test_unknown_policy_lists_choices():
     env = envs.make_env("ArmReach-v0", render_goal=False)
-    with pytest.raises(ValueError, match="random, explore, scripted"):
+    with pytest.raises(ValueError, match="random, explore, explore-gripper, scripted"):
         make_policy("greedy", env, 0)
+
+
+def test_explore_gripper_pushes_with_the_hand_anywhere_between_open_and_closed():
+    flip = _actions("ArmPush-v0", "explore", 0, steps=300)[:, 3]
+    free = _actions("ArmPush-v0", "explore-gripper", 0, steps=300)[:, 3]
+    assert np.mean(np.abs(flip) == 1.0) > 0.95  # explore: the command sits at a bound
+    assert np.mean(np.abs(free) < 0.5) > 0.3 and free.min() < -0.8 and free.max() > 0.8
+    env = envs.make_env("ArmPush-v0", render_goal=False)
+    policy = make_policy("explore-gripper", env, 0)
+    policy.scripted, policy.steps_left, policy.gripper_per_step, policy.gripper = True, 10, False, -0.3
+    obs, _ = env.reset(seed=0)
+    assert policy(obs)[3] == np.float32(-0.3)  # the expert's push with its hand half open
+    with pytest.raises(ValueError, match="not our arm"):
+        make_policy("explore-gripper", envs.make_env("gym:Reacher-v5"), 0)
 
 
 def test_coverage_report_explore_moves_block_and_covers_workspace():
