@@ -512,7 +512,7 @@ def benchmark(cfg: SurpriseConfig) -> dict:
                                  [d.scores[(i, "possible")].score for i in range(cfg.episodes)])
         per_kind = {kind: metrics_for(d.name, [kind]) for kind in cfg.kinds}
         results[d.name] = dict(overall=overall, per_kind=per_kind, typical_step_value=d.typical)
-    wm = results["world_model"]["overall"]
+    judged = results[served.name]["overall"]  # targets are judged on the score POST /v1/surprise serves
     flags = dict(
         threshold=threshold,
         quantile=cfg.flag_quantile,
@@ -531,9 +531,9 @@ def benchmark(cfg: SurpriseConfig) -> dict:
         scoring=_scoring_record(cfg),
         history_len=k, clip=asdict(clip_cfg), typical_error=detectors[0].typical, flags=flags,
         serving_calibration=serving,
-        detectors=results, targets=TARGETS,
-        meets_targets={m: bool(wm[m] >= t) for m, t in TARGETS.items()},
-        beats_baselines={b: {m: bool(wm[m] > results[b]["overall"][m]) for m in TARGETS}
+        detectors=results, targets=TARGETS, judged_detector=served.name,
+        meets_targets={m: bool(judged[m] >= t) for m, t in TARGETS.items()},
+        beats_baselines={b: {m: bool(judged[m] > results[b]["overall"][m]) for m in TARGETS}
                          for b in ("untrained", "pixel")},
         pixel_change_at_violation={
             kind: {c: float(np.mean(vals)) for c, vals in pv.items()} for kind, pv in pixel_at_v.items()

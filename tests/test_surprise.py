@@ -256,6 +256,9 @@ def test_planner_surprise_end_to_end_on_a_tiny_random_model(tmp_path, capsys):
             assert set(m) == {"auroc", "pairwise_accuracy", "peak_within_1"}
             assert all(0.0 <= x <= 1.0 for x in m.values())
     assert len(res["per_clip"]) == 4 and res["typical_error"] > 0
+    judged = res["detectors"][res["judged_detector"]]["overall"]  # the served score, no energy head here
+    assert res["judged_detector"] == res["serving_calibration"]["detector"] == "world_model_l2"
+    assert res["meets_targets"] == {m: judged[m] >= t for m, t in res["targets"].items()}
     assert res["pixel_change_at_violation"]["teleport"]["impossible"] > 0
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
