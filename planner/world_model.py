@@ -43,7 +43,8 @@ class WorldModelConfig:
     enc_coords: bool = False
     """CoordConv (Liu et al. 2018): every encoder conv also sees two constant channels holding its input's
     pixel coordinates (x, y in [-1, 1]), so features can carry where a small object is as a value rather
-    than only as which cell fires - the route to a linear readout of the block's position."""
+    than only as which cell fires. On push it holds the block more sharply (docs/BENCHMARKS.md, session
+    11); `checkpoints/arm-push-surprise` uses it."""
     pred_hidden: int = 256
     """Predictor hidden width."""
     pred_blocks: int = 1
