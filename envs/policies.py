@@ -115,10 +115,10 @@ class ExplorePolicy:
             self.gripper_per_step = bool(self.rng.random() < 0.5)
             self.gripper = float(self.rng.uniform(-1.0, 1.0))
 
-    def _free_gripper_command(self) -> float:
+    def _step_free_gripper(self) -> None:
+        """`free` gripper: a new command this step when the segment draws one per step."""
         if self.gripper_per_step:
             self.gripper = float(self.rng.uniform(-1.0, 1.0))
-        return self.gripper
 
     def __call__(self, obs) -> np.ndarray:
         ee = np.asarray(obs["proprio"][:3], dtype=float)
@@ -130,14 +130,15 @@ class ExplorePolicy:
             a = self.env.scripted_action().astype(float)
             a[:3] += self.ou
             if self.free_gripper:
-                a[3] = self._free_gripper_command()
+                self._step_free_gripper()
+                a[3] = self.gripper
             elif self.rng.random() < 0.05:
                 a[3] = -a[3]
             return np.clip(a, -1.0, 1.0).astype(np.float32)
         if np.linalg.norm(self.waypoint - ee) < 0.02:
             self.steps_left = 0
         if self.free_gripper:
-            self._free_gripper_command()
+            self._step_free_gripper()
         elif self.rng.random() < 0.1:
             self.gripper = float(self.rng.uniform(-1.0, 1.0) > 0) * 2.0 - 1.0
         move = np.clip((self.waypoint - ee) / MAX_STEP_M, -1.0, 1.0) * self.rng.uniform(0.4, 1.0)

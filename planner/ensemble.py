@@ -77,10 +77,9 @@ def member_model(model: torch.nn.Module, member: int) -> torch.nn.Module:
     if not 0 <= member < m:
         raise ValueError(f"member must be in 0..{m - 1} (the ensemble has {m} predictors), got {member}")
     single = WorldModel(replace(model.cfg, pred_ensemble=1))
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("extra_predictors.")}
-    single.load_state_dict(state)
-    if member:
-        single.predictor.load_state_dict(model.extra_predictors[member - 1].state_dict())
+    shared = {k: v for k, v in model.state_dict().items() if not k.startswith("extra_predictors.")}
+    single.load_state_dict(shared)
+    single.predictor.load_state_dict(model.members[member].state_dict())
     return single.eval()
 
 

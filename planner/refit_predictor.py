@@ -339,11 +339,11 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
     from planner.train import config_dict
 
     command = invoked_command("refit-predictor")
-    drop = {*checkpoint.FILLED_BY_SAVE, "surprise"}  # the surprise calibration measured the old predictor
-    if "ensemble" in loaded.config:  # one member refitted: no longer an ensemble, nor planned as one
-        drop.add("ensemble")
+    one_member = "ensemble" in loaded.config  # one member refitted: no longer an ensemble, nor planned as one
+    # the surprise calibration measured the old predictor
+    drop = {*checkpoint.FILLED_BY_SAVE, "surprise", *(["ensemble"] if one_member else [])}
     config = {key: v for key, v in loaded.config.items() if key not in drop}
-    if "ensemble" in loaded.config and "disagreement" in config.get("planner", {}):
+    if one_member and "planner" in config:
         config["planner"] = {k: v for k, v in config["planner"].items() if k != "disagreement"}
     metrics = {key: v for key, v in config.get("metrics", {}).items()
                if not key.startswith(("kstep_ratio_", "action_sensitivity_", "energy_error_"))}
