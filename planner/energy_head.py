@@ -93,6 +93,10 @@ class EnergyHead(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
 
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """z [..., D] -> the last hidden layer [..., hidden], which the readout maps linearly to m(z)."""
+        return self.net[:-1](z)
+
 
 @dataclass
 class EnergyHeadFit:

@@ -9,7 +9,12 @@ with P the inverse of the residual covariance on calibration data (shrunk toward
 error in a latent direction the model usually predicts well counts more than one in a noisy direction.
 A checkpoint with an energy head is also scored in the planning energy's space (`world_model_energy`,
 ||e(predict) - e(z[t+1])||^2 with e = model.energy_embed: metres of hand and block for a state head;
-space "energy", which `score_clip` and POST /v1/surprise use for such a checkpoint: it detects best).
+space "energy", which `score_clip` uses for such a checkpoint when no calibration says otherwise), and in
+the energy head's last hidden layer (`world_model_head_features`, ||f(predict) - f(z[t+1])||^2 with f =
+`energy_head.features`). Space "energy_features" adds the two, the features weighted by w = typical energy
+error / typical feature error (measured on the calibration clips, saved with the calibration): the readout
+catches where the block went, the features also how it looks; `planner surprise` judges and saves it for a
+checkpoint with an energy head (it detects best, docs/SURPRISE.md).
 Errors are normalised by the typical error (median per-step error over possible clips, from a calibration
 set disjoint from the evaluation clips). Steps t < K-1 have padded context and are left out
 of the clip score (max over the remaining steps) and of the flags.
@@ -32,9 +37,10 @@ import torch
 from envs.impossible import KINDS, ClipConfig, mean_pixel_change
 from planner.preprocess import Preprocessing, images_to_model_input
 
-SCORE_SPACES = ("latent", "energy")
-"""Where `score_clip` measures a step's prediction error: the latent, or the planning energy's space."""
-CALIBRATION_SCORES = {"latent": "l2", "energy": "energy"}
+SCORE_SPACES = ("latent", "energy", "energy_features")
+"""Where `score_clip` measures a step's prediction error: the latent, the planning energy's space, or that
+space plus the energy head's hidden features (weighted; needs a calibration's feature_weight)."""
+CALIBRATION_SCORES = {"latent": "l2", "energy": "energy", "energy_features": "energy_features"}
 """Score space -> the `score` name a config.json `surprise` calibration records it under."""
 DEFAULT_FLAG_THRESHOLD = 10.0
 """Flag a step whose error is this many typical errors (used when no calibrated threshold is given)."""
@@ -88,9 +94,13 @@ class SurpriseConfig:
     split of `planner train`) give the whitening covariance instead of --whitening-episodes clips."""
     calibration_data_episodes: int = 100
     """Episodes of --calibration-data used for the covariance."""
+    score: str | None = None
+    """The served score: judged against the targets (`judged_detector`) and saved by --save-calibration:
+    latent | energy | energy_features (None: energy_features for a checkpoint with an energy head, else
+    latent)."""
     save_calibration: bool = False
-    """Write the served score's calibration (`serving_calibration`: score space, typical error and flag
-    threshold; the energy-space score for a checkpoint with an energy head, else the plain latent one)
+    """Write the served score's calibration (`serving_calibration`: score space, typical error, flag
+    threshold and, for energy_features, the feature weight)
     into the checkpoint's config.json under `surprise`, where POST /v1/surprise reads it; the weights and
     the model's name are unchanged, the card's appended sections are kept."""
     progress: bool = True
@@ -194,22 +204,41 @@ def energy_space_errors(model, pred: torch.Tensor, z_next: torch.Tensor) -> np.n
     return (model.energy_embed(pred) - model.energy_embed(z_next)).double().square().sum(-1).cpu().numpy()
 
 
+@torch.no_grad()
+def head_feature_errors(model, pred: torch.Tensor, z_next: torch.Tensor) -> np.ndarray:
+    """`predictions`' output [T,D] x 2 read in the energy head's last hidden layer: float64 [T] of
+    ||f(predict) - f(z[t+1])||^2, f = model.energy_head.features."""
+    f = model.energy_head.features
+    return (f(pred) - f(z_next)).double().square().sum(-1).cpu().numpy()
+
+
 def default_score_space(model) -> str:
-    """"energy" for a model with an energy head (the better detector, docs/SURPRISE.md), else "latent"."""
+    """The space needing no calibration: "energy" for a model with an energy head, else "latent"."""
     return "energy" if getattr(model, "energy_head", None) is not None else "latent"
 
 
+def _check_feature_weight(feature_weight) -> float:
+    if feature_weight is None or not (np.isfinite(feature_weight) and feature_weight > 0):
+        raise ValueError("space 'energy_features' needs a positive feature_weight (typical energy error / "
+                         f"typical feature error, from `planner surprise` calibration), got {feature_weight}")
+    return float(feature_weight)
+
+
 def prediction_errors(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu",
-                      space: str = "latent") -> np.ndarray:
+                      space: str = "latent", feature_weight: float | None = None) -> np.ndarray:
     """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> float64 [T] per step: ||predict - z[t+1]||^2
-    (space "latent") or the same in the energy head's space (space "energy", energy_space_errors)."""
+    (space "latent"), the same in the energy head's space (space "energy", energy_space_errors), or that
+    plus feature_weight x head_feature_errors (space "energy_features")."""
     if space not in SCORE_SPACES:
         raise ValueError(f"space must be one of {SCORE_SPACES}, got {space!r}")
-    if space == "energy":
-        if default_score_space(model) != "energy":
-            raise ValueError("space 'energy' needs a checkpoint with an energy head; this one has none")
-        return energy_space_errors(model, *predictions(model, frames, actions, device))
-    return np.square(prediction_residuals(model, frames, actions, device)).sum(-1)
+    if space == "latent":
+        return np.square(prediction_residuals(model, frames, actions, device)).sum(-1)
+    if default_score_space(model) != "energy":
+        raise ValueError(f"space {space!r} needs a checkpoint with an energy head; this one has none")
+    weight = _check_feature_weight(feature_weight) if space == "energy_features" else 0.0
+    pred, z_next = predictions(model, frames, actions, device)
+    errors = energy_space_errors(model, pred, z_next)
+    return errors + weight * head_feature_errors(model, pred, z_next) if weight else errors
 
 
 def summarize(errors: np.ndarray, typical_error: float, threshold: float, first_step: int) -> SurpriseResult:
@@ -234,12 +263,14 @@ class ServingScore:
     space: str
     typical_error: float | None
     threshold: float
+    feature_weight: float | None = None
 
     @classmethod
     def from_checkpoint(cls, config: dict, model) -> ServingScore:
         """From config.json `surprise` (written by `planner surprise --save-calibration`), else the model's
         default space, self-normalized, DEFAULT_FLAG_THRESHOLD. ValueError on a calibration that does not
-        fit the model (unknown score, energy score without an energy head)."""
+        fit the model (unknown score, energy score without an energy head, energy_features without a
+        feature weight)."""
         calib = config.get("surprise") or {}
         if not calib:
             return cls(default_score_space(model), None, DEFAULT_FLAG_THRESHOLD)
@@ -247,23 +278,29 @@ class ServingScore:
         score = calib.get("score", "l2")
         if score not in spaces:
             raise ValueError(f"config.json surprise.score must be one of {list(spaces)}, got {score!r}")
-        if spaces[score] == "energy" and default_score_space(model) != "energy":
-            raise ValueError("config.json surprise.score is 'energy' but the model has no energy head")
+        if spaces[score] != "latent" and default_score_space(model) != "energy":
+            raise ValueError(f"config.json surprise.score is {score!r} but the model has no energy head")
+        weight = None
+        if spaces[score] == "energy_features":
+            weight = _check_feature_weight(calib.get("feature_weight"))
         threshold = float(calib.get("threshold", DEFAULT_FLAG_THRESHOLD))
-        return cls(spaces[score], float(calib["typical_error"]), threshold)
+        return cls(spaces[score], float(calib["typical_error"]), threshold, weight)
 
 
 def score_clip(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu",
                typical_error: float | None = None,
-               threshold: float = DEFAULT_FLAG_THRESHOLD, space: str | None = None) -> SurpriseResult:
+               threshold: float = DEFAULT_FLAG_THRESHOLD, space: str | None = None,
+               feature_weight: float | None = None) -> SurpriseResult:
     """Surprise of one clip: frames uint8 [T+1,S,S,3] (the model's size), actions [T,A] normalized.
 
     typical_error: the model's median per-step error on possible clips in `space` (`planner surprise`
     measures it); None normalizes by the clip's own median error over the scored steps (a violation is a
-    spike against the rest of the clip). space: "latent" | "energy" (default: default_score_space).
-    Needs T >= K (history length) so that one step has full context.
+    spike against the rest of the clip). space: "latent" | "energy" | "energy_features" (default:
+    default_score_space; energy_features needs feature_weight). Needs T >= K (history length) so that one
+    step has full context.
     """
-    errors = prediction_errors(model, frames, actions, device, space or default_score_space(model))
+    errors = prediction_errors(model, frames, actions, device, space or default_score_space(model),
+                               feature_weight)
     first = model.history_len - 1
     if typical_error is None:
         if first >= len(errors):
@@ -372,6 +409,27 @@ def _validate(cfg: SurpriseConfig) -> None:
         raise ValueError(f"--whitening-episodes must be >= 1, got {cfg.whitening_episodes}")
     if cfg.calibration_data_episodes < 1:
         raise ValueError(f"--calibration-data-episodes must be >= 1, got {cfg.calibration_data_episodes}")
+    if cfg.score is not None and cfg.score not in SCORE_SPACES:
+        raise ValueError(f"--score must be one of {' '.join(SCORE_SPACES)}, got {cfg.score!r}")
+
+
+SERVED_DETECTORS = {"energy": "world_model_energy", "energy_features": "world_model_energy_features"}
+"""Score space -> the benchmark detector that computes it (latent: world_model_l2, or world_model unwhitened)."""
+
+
+def _served_space(cfg: SurpriseConfig, model) -> str:
+    """The score `planner surprise` judges and saves: --score, else energy_features with an energy head."""
+    has_head = default_score_space(model) == "energy"
+    space = cfg.score or ("energy_features" if has_head else "latent")
+    if space != "latent" and not has_head:
+        raise ValueError(f"--score {space} needs a checkpoint with an energy head; {cfg.checkpoint} has none")
+    return space
+
+
+def _add_energy_features(step_values: dict, feature_weight: float) -> None:
+    """Add the energy_features detector's per-step values [T] to one clip's detector values, in place."""
+    step_values["world_model_energy_features"] = (step_values["world_model_energy"]
+                                                  + feature_weight * step_values["world_model_head_features"])
 
 
 def _scoring_record(cfg: SurpriseConfig) -> dict:
@@ -409,6 +467,7 @@ def benchmark(cfg: SurpriseConfig) -> dict:
     env_kwargs = dict(train.get("env_kwargs", {})) if train.get("env_id") == cfg.env else {}
     env_kwargs.update(image_size=int(ck["image"]["size"]), render_goal=False)
     env = make_env(cfg.env, **env_kwargs)
+    space = _served_space(cfg, model)  # what the service computes once this run's calibration is saved
     if cfg.steps <= k:
         raise ValueError(f"--steps must exceed the model's history length {k} (clean context before the "
                          f"violation), got {cfg.steps}")
@@ -440,6 +499,8 @@ def benchmark(cfg: SurpriseConfig) -> dict:
             res = np.concatenate([prediction_residuals(m, f, a, cfg.device)[first:] for f, a in sources])
             whitening[name] = Whitening.fit(res, cfg.shrinkage)
 
+    feature_weight = None  # energy_features' weight, set from the calibration clips
+
     def step_scores(frames: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
         """Every detector's per-step values [T] for one clip; one encode + predict pass per model."""
         out = {}
@@ -452,24 +513,37 @@ def benchmark(cfg: SurpriseConfig) -> dict:
                 out["world_model_l2"] = plain
             if name == "world_model" and default_score_space(m) == "energy":
                 out["world_model_energy"] = energy_space_errors(m, pred, z_next)
+                out["world_model_head_features"] = head_feature_errors(m, pred, z_next)
+                if feature_weight is not None:
+                    _add_energy_features(out, feature_weight)
         out["pixel"] = mean_pixel_change(frames)
         return out
 
+    def typical(values: list[np.ndarray]) -> float:
+        """Median per-step value over the calibration clips' scored steps (floored away from zero)."""
+        return max(float(np.median(np.concatenate([v[first:] for v in values]))), 1e-12)
+
     calib_steps = [step_scores(c.frames, c.actions) for c in calib_clips]
+    if "world_model_head_features" in calib_steps[0]:
+        feature_weight = (typical([s["world_model_energy"] for s in calib_steps])
+                          / typical([s["world_model_head_features"] for s in calib_steps]))
+        for steps in calib_steps:
+            _add_energy_features(steps, feature_weight)
     detectors = [_Detector(name) for name in calib_steps[0]]  # world_model first: flags and targets
-    calib_raw = {d.name: [steps[d.name][first:] for steps in calib_steps] for d in detectors}
+    calib_raw = {d.name: [steps[d.name] for steps in calib_steps] for d in detectors}
     for d in detectors:
-        d.typical = max(float(np.median(np.concatenate(calib_raw[d.name]))), 1e-12)
-    calib_scores = [float(e.max()) / detectors[0].typical for e in calib_raw["world_model"]]
+        d.typical = typical(calib_raw[d.name])
+    calib_scores = [float(e[first:].max()) / detectors[0].typical for e in calib_raw["world_model"]]
     threshold = float(np.quantile(calib_scores, cfg.flag_quantile))
-    space = default_score_space(model)  # what score_clip and POST /v1/surprise compute for this model
-    served = next(d for d in detectors if d.name == ("world_model_energy" if space == "energy" else
-                                                      "world_model_l2" if cfg.whiten else "world_model"))
-    served_scores = [float(e.max()) / served.typical for e in calib_raw[served.name]]
+    served_name = SERVED_DETECTORS.get(space, "world_model_l2" if cfg.whiten else "world_model")
+    served = next(d for d in detectors if d.name == served_name)
+    served_scores = [float(e[first:].max()) / served.typical for e in calib_raw[served.name]]
     serving = dict(score=CALIBRATION_SCORES[space], detector=served.name, typical_error=served.typical,
                    flag_quantile=cfg.flag_quantile, env=cfg.env,
                    calibration_episodes=cfg.calibration_episodes,
                    threshold=float(np.quantile(served_scores, cfg.flag_quantile)))
+    if space == "energy_features":
+        serving["feature_weight"] = feature_weight
 
     # evaluation clips
     records, pixel_at_v = [], {kind: {"possible": [], "impossible": []} for kind in cfg.kinds}

@@ -168,13 +168,15 @@ class AgentBackend:
         return out
 
     def surprise(self, frames: np.ndarray, actions: np.ndarray) -> dict:
-        """planner.surprise.score_clip in the checkpoint's serving space (ServingScore: the energy space for
-        a checkpoint with an energy head), calibrated by `surprise` in config.json when it has one."""
+        """planner.surprise.score_clip in the checkpoint's serving space (ServingScore: the calibrated space
+        from `surprise` in config.json when it has one, else the energy space for a checkpoint with an
+        energy head, self-normalized)."""
         from planner.surprise import score_clip
 
         a, how = self.agent, self.surprise_score
         r = score_clip(a.model, frames, a.action_spec.to_normalized(actions), device=a.device,
-                       typical_error=how.typical_error, threshold=how.threshold, space=how.space)
+                       typical_error=how.typical_error, threshold=how.threshold, space=how.space,
+                       feature_weight=how.feature_weight)
         return {
             "space": how.space,
             "errors": r.errors.tolist(),

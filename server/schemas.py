@@ -155,13 +155,15 @@ class SurpriseRequest(Strict):
 
 
 class SurpriseResponse(BaseModel):
-    space: Literal["latent", "energy"] = Field(
-        description="Where errors are measured: the latent, or the planning energy's space (checkpoints "
-        "with an energy head; for a state head, metres of hand and block)."
+    space: Literal["latent", "energy", "energy_features"] = Field(
+        description="Where errors are measured: the latent, the planning energy's space (checkpoints "
+        "with an energy head; for a state head, metres of hand and block), or that space plus the energy "
+        "head's hidden features, weighted by the checkpoint's calibration (energy_features)."
     )
     errors: list[float] = Field(
         description="Per-step squared prediction error ||e(predict) - e(z[t+1])||^2, e the identity "
-        "(space latent) or the energy head (space energy)."
+        "(space latent) or the energy head (space energy); energy_features adds w ||f(predict) - "
+        "f(z[t+1])||^2, f the head's last hidden layer."
     )
     normalized: list[float] = Field(description="errors / typical_error.")
     flagged: list[int] = Field(

@@ -372,16 +372,27 @@ def test_energy_space_surprise_reads_the_prediction_through_the_energy_head(tmp_
           "--calibration-episodes", "1", "--whitening-episodes", "2", "--steps", "8", "--kinds", "teleport",
           "--json", str(out), "--no-progress", "--threads", "1"])
     res = json.loads(out.read_text())
-    assert set(res["detectors"]) == {"world_model", "world_model_l2", "world_model_energy", "untrained",
-                                     "pixel"}
+    assert set(res["detectors"]) == {"world_model", "world_model_l2", "world_model_energy",
+                                     "world_model_head_features", "world_model_energy_features",
+                                     "untrained", "pixel"}
+    assert res["judged_detector"] == "world_model_energy_features"
 
 
 def test_a_checkpoint_with_an_energy_head_is_served_in_energy_space(tmp_path, clips):
-    """score_clip and POST /v1/surprise score such a checkpoint where it detects best, and --save-calibration
-    stores that score's calibration; a latent-only checkpoint keeps the plain latent score."""
+    """Uncalibrated, score_clip scores such a checkpoint in the energy space; --save-calibration stores the
+    energy_features calibration (the best detector) with its feature weight, and POST /v1/surprise then
+    serves exactly energy + weight x head features; --score energy saves the plain energy score; a
+    latent-only checkpoint keeps the plain latent score."""
     from planner import checkpoint
     from planner.energy_head import EnergyHead
-    from planner.surprise import ServingScore, SurpriseConfig, energy_space_errors, predictions, run
+    from planner.surprise import (
+        ServingScore,
+        SurpriseConfig,
+        energy_space_errors,
+        head_feature_errors,
+        predictions,
+        run,
+    )
     from server.agent_backend import AgentBackend
 
     torch.manual_seed(0)
@@ -389,28 +400,39 @@ def test_a_checkpoint_with_an_energy_head_is_served_in_energy_space(tmp_path, cl
     assert ServingScore.from_checkpoint({}, model).space == "latent"
     model.attach_energy_head(EnergyHead(model.cfg.latent_dim, 3, 16).eval())
     p = clips.possible
-    want = energy_space_errors(model, *predictions(model, p.frames, p.actions))
+    pred, z_next = predictions(model, p.frames, p.actions)
+    want = energy_space_errors(model, pred, z_next)
+    features = head_feature_errors(model, pred, z_next)
+    assert features.shape == want.shape and np.all(features > 0)
     np.testing.assert_allclose(score_clip(model, p.frames, p.actions).errors, want)
     np.testing.assert_allclose(prediction_errors(model, p.frames, p.actions, space="energy"), want)
     assert not np.allclose(score_clip(model, p.frames, p.actions, space="latent").errors, want)
 
     ck = tmp_path / "ckpt"
     save_checkpoint(ck, model)
-    run(SurpriseConfig(checkpoint=ck, env="ArmPush-v0", episodes=2, calibration_episodes=2,
-                       whitening_episodes=2, steps=8, kinds=("teleport",), save_calibration=True,
-                       progress=False, threads=1))
-    loaded = checkpoint.load(ck)
-    calib = loaded.config["surprise"]
-    assert calib["score"] == "energy" and calib["detector"] == "world_model_energy"
-    backend = AgentBackend(loaded)
-    out = backend.surprise(p.frames, backend.agent.action_spec.to_native(p.actions))
-    assert out["space"] == "energy" and out["typical_error"] == pytest.approx(calib["typical_error"])
-    np.testing.assert_allclose(out["errors"], want, rtol=1e-5)
+    for score in (None, "energy"):
+        run(SurpriseConfig(checkpoint=ck, env="ArmPush-v0", episodes=2, calibration_episodes=2,
+                           whitening_episodes=2, steps=8, kinds=("teleport",), save_calibration=True,
+                           progress=False, threads=1, score=score))
+        loaded = checkpoint.load(ck)
+        calib = loaded.config["surprise"]
+        backend = AgentBackend(loaded)
+        out = backend.surprise(p.frames, backend.agent.action_spec.to_native(p.actions))
+        assert out["typical_error"] == pytest.approx(calib["typical_error"])
+        if score is None:
+            assert calib["score"] == "energy_features" and calib["detector"] == "world_model_energy_features"
+            assert out["space"] == "energy_features" and calib["feature_weight"] > 0
+            np.testing.assert_allclose(out["errors"], want + calib["feature_weight"] * features, rtol=1e-5)
+        else:
+            assert calib["score"] == "energy" and "feature_weight" not in calib
+            assert out["space"] == "energy"
+            np.testing.assert_allclose(out["errors"], want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("calib, message", [
     ({"score": "pixels", "typical_error": 1.0}, "surprise.score must be one of"),
     ({"score": "energy", "typical_error": 1.0}, "no energy head"),
+    ({"score": "energy_features", "typical_error": 1.0, "feature_weight": 1.0}, "no energy head"),
 ])
 def test_a_serving_calibration_that_does_not_fit_the_model_is_refused(calib, message):
     from planner.surprise import ServingScore
@@ -420,3 +442,34 @@ def test_a_serving_calibration_that_does_not_fit_the_model_is_refused(calib, mes
     with pytest.raises(ValueError, match="space must be one of"):
         prediction_errors(tiny_model(), np.zeros((3, 64, 64, 3), np.uint8), np.zeros((2, 4), np.float32),
                           space="pixels")
+
+
+def test_energy_features_needs_a_positive_feature_weight():
+    from planner.energy_head import EnergyHead
+    from planner.surprise import ServingScore
+
+    model = tiny_model()
+    model.attach_energy_head(EnergyHead(model.cfg.latent_dim, 3, 16).eval())
+    for weight in (None, 0.0, -1.0, float("nan")):
+        calib = {"score": "energy_features", "typical_error": 1.0}
+        if weight is not None:
+            calib["feature_weight"] = weight
+        with pytest.raises(ValueError, match="positive feature_weight"):
+            ServingScore.from_checkpoint({"surprise": calib}, model)
+    frames, actions = np.zeros((3, 64, 64, 3), np.uint8), np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match="positive feature_weight"):
+        prediction_errors(model, frames, actions, space="energy_features")
+    calib = {"score": "energy_features", "typical_error": 1.0, "feature_weight": 2.0}
+    assert ServingScore.from_checkpoint({"surprise": calib}, model).feature_weight == 2.0
+
+
+def test_a_score_the_checkpoint_cannot_compute_is_refused(tmp_path):
+    from planner.surprise import SurpriseConfig, benchmark
+
+    save_checkpoint(tmp_path / "ckpt", tiny_model())
+    with pytest.raises(ValueError, match="--score energy needs a checkpoint with an energy head"):
+        benchmark(SurpriseConfig(checkpoint=tmp_path / "ckpt", env="ArmPush-v0", episodes=2, score="energy",
+                                 progress=False))
+    with pytest.raises(ValueError, match="--score must be one of"):
+        benchmark(SurpriseConfig(checkpoint=tmp_path / "ckpt", env="ArmPush-v0", episodes=2, score="pixels",
+                                 progress=False))
