@@ -35,7 +35,8 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
     """Build an env by id; kwargs: image_size (64), camera ("workspace"|"table"|"wrist"; default: the
     task's, "table" for the block tasks), render_goal (True), camera_offset ((0, 0, 0) metres, shifts the
     camera), camera_turn_deg (0, turns it about the vertical axis), block_rgba (None; block tasks),
-    goal_region ("train" | "shifted"; reach)."""
+    goal_region ("train" | "shifted"; reach), block_scale_range (None, or (low, high): each episode's
+    block is the nominal one times U(low, high); push; training-data randomization, see task_kwargs)."""
     if not isinstance(env_id, str):
         raise ValueError(f"env id must be a string, got {env_id!r}")
     if env_id.startswith("gym:"):
@@ -53,6 +54,14 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
     if unknown:
         raise ValueError(f"{env_id}: unknown kwargs {unknown}; accepted: {', '.join(KWARGS)}")
     return _env_class(env_id)(**kwargs)
+
+
+def task_kwargs(kwargs: dict) -> dict:
+    """A checkpoint's training env kwargs without the training-only randomization (envs.arm
+    TRAINING_ONLY_KWARGS): what an evaluation of that checkpoint builds its env with."""
+    from envs.arm import TRAINING_ONLY_KWARGS
+
+    return {k: v for k, v in kwargs.items() if k not in TRAINING_ONLY_KWARGS}
 
 
 for _id, _entry in _ENTRY_POINTS.items():

@@ -46,7 +46,13 @@ DOWN = np.array([0.0, 0.0, -1.0])
 _ROT_WEIGHT = 0.2  # metres per radian: weight of the hand-pointing-down row in the IK
 _DAMPING = 0.02  # DLS damping lambda
 KWARGS = ("image_size", "camera", "render_goal", "camera_offset", "camera_turn_deg", "render_mode",
-          "block_rgba", "goal_region")
+          "block_rgba", "goal_region", "block_scale_range")
+TRAINING_ONLY_KWARGS = ("block_scale_range",)
+"""Kwargs that vary the training data (domain randomization), not the task: evaluations that take a
+checkpoint's env kwargs from its training data drop them (`task_kwargs`) and test on the task itself."""
+BLOCK_SCALE_LIMITS = (0.7, 1.4)
+"""block_scale_range must lie within these factors of the nominal block (the push expert's geometry, the
+goal pose PUSH_REST_BEHIND_M behind the block centre, holds for them)."""
 GOAL_REGIONS = ("train", "shifted")
 """`train`: goals from the task's own region (what evaluation uses); `shifted`: a generalization test, goals
 from a region next to it (reach only, envs/reach.py)."""
@@ -101,6 +107,8 @@ class ArmEnv(gym.Env):
     """Camera used when the `camera` kwarg is not given (the block tasks use the closer "table" view)."""
     supports_shifted_goals: bool = False
     """The task can sample goals from a region outside its training one (kwarg goal_region="shifted")."""
+    supports_block_scale: bool = False
+    """The task can draw its block's size per episode (kwarg block_scale_range)."""
     control_hz = 1.0 / (N_SUBSTEPS * 0.005)
 
     def __init__(
@@ -113,6 +121,7 @@ class ArmEnv(gym.Env):
         render_mode: str | None = "rgb_array",
         block_rgba: tuple[float, float, float, float] | None = None,
         goal_region: str = "train",
+        block_scale_range: tuple[float, float] | None = None,
     ) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
             raise ValueError(f"image_size must be an int (pixels), got {image_size!r}")
@@ -141,6 +150,7 @@ class ArmEnv(gym.Env):
             raise ValueError(f"goal_region={goal_region!r}: {self.task.name} has only its training goal "
                              "region")
         self.goal_region = goal_region
+        self.block_scale_range = self._check_block_scale_range(block_scale_range)
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' (or None), got {render_mode!r}")
         self.image_size = int(image_size)
@@ -158,6 +168,13 @@ class ArmEnv(gym.Env):
         self._finger_adr = self.model.joint("finger_left").qposadr[0]
         self._qlow = self.model.jnt_range[[self.model.joint(n).id for n in ARM_JOINTS], 0].copy()
         self._qhigh = self.model.jnt_range[[self.model.joint(n).id for n in ARM_JOINTS], 1].copy()
+        self._block_geom = self.model.geom("block").id if self.has_block else None
+        self._block_nominal = None if self._block_geom is None else {
+            name: getattr(self.model, name)[self._block_geom].copy()
+            for name in ("geom_size", "geom_rbound", "geom_aabb")
+        }
+        self.block_half = BLOCK_HALF
+        """Half the side of this episode's block (metres): BLOCK_HALF unless block_scale_range draws it."""
         self._spec = snapshot_spec()
         self._state_size = mujoco.mj_stateSize(self.model, self._spec)
         self._jacp = np.zeros((3, self.model.nv))
@@ -179,6 +196,27 @@ class ArmEnv(gym.Env):
         self.goal_proprio = np.zeros(n_proprio, np.float32)
         self._goal_state: np.ndarray | None = None
         self._steps = 0
+
+    def _check_block_scale_range(self, scale_range) -> tuple[float, float] | None:
+        if scale_range is None:
+            return None
+        if not self.supports_block_scale:
+            raise ValueError(f"block_scale_range: {self.task.name} keeps its block's size (ArmPush-v0 draws it)")
+        r = np.asarray(scale_range, dtype=float)
+        lo, hi = BLOCK_SCALE_LIMITS
+        if r.shape != (2,) or not np.all(np.isfinite(r)) or not lo <= r[0] <= r[1] <= hi:
+            raise ValueError(f"block_scale_range must be (low, high) with {lo} <= low <= high <= {hi}, got "
+                             f"{scale_range!r}")
+        return float(r[0]), float(r[1])
+
+    def _draw_block_scale(self, rng: np.random.Generator) -> None:
+        """Size this episode's block: nominal x U(block_scale_range) (size, bounding radius and box)."""
+        scale = rng.uniform(*self.block_scale_range)
+        g, nominal = self._block_geom, self._block_nominal
+        self.model.geom_size[g] = nominal["geom_size"] * scale
+        self.model.geom_rbound[g] = nominal["geom_rbound"] * scale
+        self.model.geom_aabb[g, 3:] = nominal["geom_aabb"][3:] * scale  # [:3] is the box's centre offset
+        self.block_half = BLOCK_HALF * scale
 
     # ----- task hooks -------------------------------------------------------------------------------
     def _sample_episode(self, rng: np.random.Generator) -> np.ndarray:
@@ -204,6 +242,8 @@ class ArmEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         mujoco.mj_resetData(self.model, self.data)
+        if self.block_scale_range is not None:
+            self._draw_block_scale(self.np_random)
         self._goal_state = self._sample_episode(self.np_random)
         self._steps = 0
         start = self.get_snapshot()

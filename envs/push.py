@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.arm import BLOCK_HALF, ArmEnv, move_toward, sample_in_box
+from envs.arm import ArmEnv, move_toward, sample_in_box
 from envs.task import TaskSpec
 
 BLOCK_LOW = np.array([0.28, -0.15])
@@ -43,6 +43,7 @@ class ArmPushEnv(ArmEnv):
     task = TaskSpec("ArmPush-v0", success_threshold=0.05, step_budget=100, min_start_distance=0.10)
     has_block = True
     default_camera = "table"
+    supports_block_scale = True
 
     def _sample_episode(self, rng: np.random.Generator) -> np.ndarray:
         start, goal = sample_block_and_goal(rng, self.task.min_start_distance + 0.005, MAX_PUSH_M)
@@ -51,10 +52,10 @@ class ArmPushEnv(ArmEnv):
         direction = (goal - start) / np.linalg.norm(goal - start)
         rest = np.append(goal - PUSH_REST_BEHIND_M * direction, PUSH_HEIGHT_M)
         self._place_arm(rest, gripper=1.0)
-        self._place_block(np.append(goal, BLOCK_HALF), yaw)
+        self._place_block(np.append(goal, self.block_half), yaw)
         goal_state = self.get_snapshot()
         self._place_arm(ee, gripper=1.0)
-        self._place_block(np.append(start, BLOCK_HALF), yaw)
+        self._place_block(np.append(start, self.block_half), yaw)
         return goal_state
 
     def task_state(self) -> np.ndarray:

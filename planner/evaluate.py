@@ -437,7 +437,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluation; returns the DESIGN 3 results object (and writes JSON / videos if asked)."""
     from tqdm import tqdm
 
-    from envs import make_env
+    from envs import make_env, task_kwargs
     from planner.checkpoint import file_sha256, load
 
     _validate(cfg)
@@ -451,7 +451,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     env_id = cfg.env or train.get("env_id")
     if not env_id:
         raise ValueError(f"{cfg.checkpoint}/config.json names no training env; pass --env")
-    env_kwargs = {**train.get("env_kwargs", {}), **_parse_kwargs(cfg.env_kwargs)}
+    env_kwargs = {**task_kwargs(train.get("env_kwargs", {})), **_parse_kwargs(cfg.env_kwargs)}
     if cfg.camera_offset is not None:
         env_kwargs["camera_offset"] = list(cfg.camera_offset)
     env = make_env(env_id, **env_kwargs)

@@ -679,7 +679,7 @@ def _validate(cfg: PlotsConfig) -> None:
 
 def run(cfg: PlotsConfig) -> dict:
     """Compute and draw every picture; returns the plots.json object (also written atomically)."""
-    from envs import make_env
+    from envs import make_env, task_kwargs
     from planner.checkpoint import load
     from planner.evaluate import write_json_atomic
     from planner.seeding import episode_seed
@@ -702,7 +702,7 @@ def run(cfg: PlotsConfig) -> dict:
     env_id = train.get("env_id")
     if not env_id:
         raise ValueError(f"{ckpt}/config.json names no training env (training_data.env_id)")
-    env = make_env(env_id, **train.get("env_kwargs", {}))
+    env = make_env(env_id, **task_kwargs(train.get("env_kwargs", {})))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rule = Preprocessing.from_checkpoint_config(ck)

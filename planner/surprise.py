@@ -447,7 +447,7 @@ def benchmark(cfg: SurpriseConfig) -> dict:
     """Generate the clips, score them with every detector; returns the results (docs/SURPRISE.md)."""
     from tqdm import tqdm
 
-    from envs import make_env
+    from envs import make_env, task_kwargs
     from envs.impossible import make_clips
     from planner.checkpoint import file_sha256, load
     from planner.evaluate import write_json_atomic
@@ -464,7 +464,7 @@ def benchmark(cfg: SurpriseConfig) -> dict:
                          "predictor; surprise needs a world-model checkpoint")
     k = model.history_len
     train = ck.get("training_data", {})
-    env_kwargs = dict(train.get("env_kwargs", {})) if train.get("env_id") == cfg.env else {}
+    env_kwargs = task_kwargs(train.get("env_kwargs", {})) if train.get("env_id") == cfg.env else {}
     env_kwargs.update(image_size=int(ck["image"]["size"]), render_goal=False)
     env = make_env(cfg.env, **env_kwargs)
     space = _served_space(cfg, model)  # what the service computes once this run's calibration is saved

@@ -95,7 +95,7 @@ def run(cfg: DemoConfig) -> int:
     records = []
     print(f"demo: serving {cfg.checkpoint} (waiting for /readyz) ...", flush=True)
     with serving(cfg.checkpoint, server_env, timeout_s=cfg.startup_timeout_s) as url:
-        env = envs.make_env(data["env_id"], **data.get("env_kwargs", {}))
+        env = envs.make_env(data["env_id"], **envs.task_kwargs(data.get("env_kwargs", {})))
         cfg.out.mkdir(parents=True, exist_ok=True)
         with PlannerClient(url, timeout_s=30.0) as client:
             model = client.models()

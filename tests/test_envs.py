@@ -243,6 +243,51 @@ def test_generalization_kwargs_shifted_reach_goals_and_block_colour():
     np.testing.assert_array_equal(red["proprio"], blue["proprio"])
 
 
+def test_block_scale_range_draws_each_push_episodes_block_and_nothing_else():
+    """Training-data randomization: each episode's block is the nominal one times U(range), deterministic
+    in the seed, resting on the table and pushed like any other; the task's evaluations drop the kwarg."""
+    from envs.arm import BLOCK_HALF, BLOCK_SCALE_LIMITS
+
+    env = envs.make_env("ArmPush-v0", render_goal=False, block_scale_range=(0.7, 1.4))
+    geom = env.unwrapped.model.geom("block").id
+    halves = []
+    for seed in range(6):
+        env.reset(seed=seed)
+        half = env.unwrapped.block_half
+        halves.append(half)
+        assert 0.7 * BLOCK_HALF <= half <= 1.4 * BLOCK_HALF
+        np.testing.assert_allclose(env.unwrapped.model.geom_size[geom], half)
+        for _ in range(5):  # at rest on the table, not sunk into it nor dropped onto it
+            env.step(np.zeros(4, np.float32) + np.array([0, 0, 1, 0], np.float32))
+        assert env.unwrapped.block_position()[2] == pytest.approx(half, abs=1e-3)
+    assert len(set(np.round(halves, 6))) == 6
+    env.reset(seed=3)
+    again = env.unwrapped.block_half
+    assert again == halves[3]
+    for seed in range(3):  # the expert still pushes the biggest block home
+        big = envs.make_env("ArmPush-v0", render_goal=False, block_scale_range=(1.38, 1.4))
+        big.reset(seed=seed)
+        for _ in range(100):
+            *_, info = big.step(big.unwrapped.scripted_action())
+            if info["is_success"]:
+                break
+        assert info["is_success"]
+    plain = envs.make_env("ArmPush-v0", render_goal=False)
+    plain.reset(seed=3)
+    assert plain.unwrapped.block_half == BLOCK_HALF
+    np.testing.assert_allclose(plain.unwrapped.model.geom_size[geom], BLOCK_HALF)
+    lo, hi = BLOCK_SCALE_LIMITS
+    for bad in ((lo - 0.1, 1.0), (1.2, 1.1), (1.0, hi + 0.1), (1.0,), (float("nan"), 1.0)):
+        with pytest.raises(ValueError, match="block_scale_range must be"):
+            envs.make_env("ArmPush-v0", block_scale_range=bad)
+    for env_id in ("ArmReach-v0", "ArmPickPlace-v0"):
+        with pytest.raises(ValueError, match="keeps its block's size"):
+            envs.make_env(env_id, block_scale_range=(0.9, 1.1))
+    kwargs = {"image_size": 64, "block_scale_range": [0.7, 1.4]}
+    assert envs.task_kwargs(kwargs) == {"image_size": 64}
+    assert kwargs["block_scale_range"] == [0.7, 1.4]
+
+
 def test_gymnasium_make_registered():
     import gymnasium
 

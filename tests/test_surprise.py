@@ -187,16 +187,19 @@ def tiny_model(image_size=64, k=2):
     return WorldModel(cfg).eval()
 
 
-def save_checkpoint(path, model) -> None:
+def save_checkpoint(path, model, training_data: dict | None = None) -> None:
     """Save a tiny push-sized world model as a checkpoint (its image size, the arm's action bounds)."""
     from planner import checkpoint
 
     size = model.cfg.image_size
-    checkpoint.save(path, model, {
+    config = {
         "image": {"size": size, "preprocessing": {"size": size, "crop": "center"}},
         "action": {"dim": 4, "low": [-0.025] * 3 + [-1.0], "high": [0.025] * 3 + [1.0], "units": "m"},
         "history_len": 2,
-    })
+    }
+    if training_data is not None:
+        config["training_data"] = training_data
+    checkpoint.save(path, model, config)
 
 
 def test_history_windows_align_and_pad_like_the_mpc():
@@ -473,3 +476,17 @@ def test_a_score_the_checkpoint_cannot_compute_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--score must be one of"):
         benchmark(SurpriseConfig(checkpoint=tmp_path / "ckpt", env="ArmPush-v0", episodes=2, score="pixels",
                                  progress=False))
+
+
+def test_clips_come_from_the_task_not_the_training_datas_randomization(tmp_path):
+    """A checkpoint trained on size-randomized blocks is judged on the same clips as any other."""
+    from planner.surprise import SurpriseConfig, benchmark
+
+    results = []
+    for name, kwargs in (("plain", {}), ("sizes", {"block_scale_range": [1.38, 1.4]})):
+        save_checkpoint(tmp_path / name, tiny_model(), {"env_id": "ArmPush-v0", "env_kwargs": kwargs})
+        res = benchmark(SurpriseConfig(checkpoint=tmp_path / name, env="ArmPush-v0", episodes=2,
+                                       calibration_episodes=1, whitening_episodes=2, steps=8,
+                                       kinds=("resize",), progress=False, threads=1))
+        results.append([r["pixel"] for r in res["per_clip"]])
+    assert results[0] == results[1]
