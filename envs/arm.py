@@ -201,7 +201,8 @@ class ArmEnv(gym.Env):
         if scale_range is None:
             return None
         if not self.supports_block_scale:
-            raise ValueError(f"block_scale_range: {self.task.name} keeps its block's size (ArmPush-v0 draws it)")
+            raise ValueError(f"block_scale_range: {self.task.name} keeps its block's size "
+                             "(ArmPush-v0 draws it)")
         r = np.asarray(scale_range, dtype=float)
         lo, hi = BLOCK_SCALE_LIMITS
         if r.shape != (2,) or not np.all(np.isfinite(r)) or not lo <= r[0] <= r[1] <= hi:

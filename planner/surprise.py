@@ -414,7 +414,7 @@ def _validate(cfg: SurpriseConfig) -> None:
 
 
 SERVED_DETECTORS = {"energy": "world_model_energy", "energy_features": "world_model_energy_features"}
-"""Score space -> the benchmark detector that computes it (latent: world_model_l2, or world_model unwhitened)."""
+"""Score space -> the benchmark detector computing it (latent: world_model_l2, or world_model unwhitened)."""
 
 
 def _served_space(cfg: SurpriseConfig, model) -> str:
