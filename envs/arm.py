@@ -53,6 +53,23 @@ checkpoint's env kwargs from its training data drop them (`task_kwargs`) and tes
 BLOCK_SCALE_LIMITS = (0.7, 1.4)
 """block_scale_range must lie within these factors of the nominal block (the push expert's geometry, the
 goal pose PUSH_REST_BEHIND_M behind the block centre, holds for them)."""
+BOX_SIZE_FIELDS = ("geom_size", "geom_rbound", "geom_aabb")
+"""The MjModel geom fields that hold a box's size: half sides, bounding radius, bounding box."""
+
+
+def box_geom_size(model: mujoco.MjModel, geom: int) -> dict[str, np.ndarray]:
+    """Copies of one geom's BOX_SIZE_FIELDS, for `scale_box_geom`."""
+    return {name: getattr(model, name)[geom].copy() for name in BOX_SIZE_FIELDS}
+
+
+def scale_box_geom(model: mujoco.MjModel, geom: int, base: dict[str, np.ndarray], scale: float) -> None:
+    """Set box `geom` to `base` (box_geom_size) times `scale`, in collision and rendering alike (the
+    bounding box's centre offset, geom_aabb[:3], is kept)."""
+    model.geom_size[geom] = base["geom_size"] * scale
+    model.geom_rbound[geom] = base["geom_rbound"] * scale
+    model.geom_aabb[geom, 3:] = base["geom_aabb"][3:] * scale
+
+
 GOAL_REGIONS = ("train", "shifted")
 """`train`: goals from the task's own region (what evaluation uses); `shifted`: a generalization test, goals
 from a region next to it (reach only, envs/reach.py)."""
@@ -169,10 +186,7 @@ class ArmEnv(gym.Env):
         self._qlow = self.model.jnt_range[[self.model.joint(n).id for n in ARM_JOINTS], 0].copy()
         self._qhigh = self.model.jnt_range[[self.model.joint(n).id for n in ARM_JOINTS], 1].copy()
         self._block_geom = self.model.geom("block").id if self.has_block else None
-        self._block_nominal = None if self._block_geom is None else {
-            name: getattr(self.model, name)[self._block_geom].copy()
-            for name in ("geom_size", "geom_rbound", "geom_aabb")
-        }
+        self._block_nominal = box_geom_size(self.model, self._block_geom) if self.has_block else None
         self.block_half = BLOCK_HALF
         """Half the side of this episode's block (metres): BLOCK_HALF unless block_scale_range draws it."""
         self._spec = snapshot_spec()
@@ -213,10 +227,7 @@ class ArmEnv(gym.Env):
     def _draw_block_scale(self, rng: np.random.Generator) -> None:
         """Size this episode's block: nominal x U(block_scale_range) (size, bounding radius and box)."""
         scale = rng.uniform(*self.block_scale_range)
-        g, nominal = self._block_geom, self._block_nominal
-        self.model.geom_size[g] = nominal["geom_size"] * scale
-        self.model.geom_rbound[g] = nominal["geom_rbound"] * scale
-        self.model.geom_aabb[g, 3:] = nominal["geom_aabb"][3:] * scale  # [:3] is the box's centre offset
+        scale_box_geom(self.model, self._block_geom, self._block_nominal, scale)
         self.block_half = BLOCK_HALF * scale
 
     # ----- task hooks -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from envs.arm import ArmEnv
+from envs.arm import ArmEnv, box_geom_size, scale_box_geom
 
 KINDS: tuple[str, ...] = ("vanish", "teleport", "recolor", "resize", "fall_through")
 """Violation kinds, in the order reports list them."""
@@ -169,9 +169,7 @@ class _Block:
         """Grow the box by `s` (size, bounding radius and box) and lift it so it rests on the table."""
         m, g = self.model, self.geom
         half_z = m.geom_size[g, 2]
-        m.geom_size[g] *= s
-        m.geom_rbound[g] *= s
-        m.geom_aabb[g, 3:] *= s
+        scale_box_geom(m, g, box_geom_size(m, g), s)
         self.data.qpos[self.qadr + 2] += (s - 1.0) * half_z
         self.still()
 

@@ -340,8 +340,8 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
 
     command = invoked_command("refit-predictor")
     one_member = "ensemble" in loaded.config  # one member refitted: no longer an ensemble, nor planned as one
-    # the surprise calibration measured the old predictor
-    drop = {*checkpoint.FILLED_BY_SAVE, "surprise", *(["ensemble"] if one_member else [])}
+    # the surprise calibration measured the old predictor; an ensemble record, if any, the old members
+    drop = {*checkpoint.FILLED_BY_SAVE, "surprise", "ensemble"}
     config = {key: v for key, v in loaded.config.items() if key not in drop}
     if one_member and "planner" in config:
         config["planner"] = {k: v for k, v in config["planner"].items() if k != "disagreement"}

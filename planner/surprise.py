@@ -212,6 +212,12 @@ def head_feature_errors(model, pred: torch.Tensor, z_next: torch.Tensor) -> np.n
     return (f(pred) - f(z_next)).double().square().sum(-1).cpu().numpy()
 
 
+def energy_features_errors(energy_errors: np.ndarray, feature_errors: np.ndarray,
+                           feature_weight: float) -> np.ndarray:
+    """Space "energy_features" per step [T]: energy_space_errors + feature_weight x head_feature_errors."""
+    return energy_errors + feature_weight * feature_errors
+
+
 def default_score_space(model) -> str:
     """The space needing no calibration: "energy" for a model with an energy head, else "latent"."""
     return "energy" if getattr(model, "energy_head", None) is not None else "latent"
@@ -235,10 +241,12 @@ def prediction_errors(model, frames: np.ndarray, actions: np.ndarray, device: st
         return np.square(prediction_residuals(model, frames, actions, device)).sum(-1)
     if default_score_space(model) != "energy":
         raise ValueError(f"space {space!r} needs a checkpoint with an energy head; this one has none")
-    weight = _check_feature_weight(feature_weight) if space == "energy_features" else 0.0
+    weight = _check_feature_weight(feature_weight) if space == "energy_features" else None
     pred, z_next = predictions(model, frames, actions, device)
     errors = energy_space_errors(model, pred, z_next)
-    return errors + weight * head_feature_errors(model, pred, z_next) if weight else errors
+    if weight is None:
+        return errors
+    return energy_features_errors(errors, head_feature_errors(model, pred, z_next), weight)
 
 
 def summarize(errors: np.ndarray, typical_error: float, threshold: float, first_step: int) -> SurpriseResult:
@@ -428,8 +436,8 @@ def _served_space(cfg: SurpriseConfig, model) -> str:
 
 def _add_energy_features(step_values: dict, feature_weight: float) -> None:
     """Add the energy_features detector's per-step values [T] to one clip's detector values, in place."""
-    step_values["world_model_energy_features"] = (step_values["world_model_energy"]
-                                                  + feature_weight * step_values["world_model_head_features"])
+    step_values["world_model_energy_features"] = energy_features_errors(
+        step_values["world_model_energy"], step_values["world_model_head_features"], feature_weight)
 
 
 def _scoring_record(cfg: SurpriseConfig) -> dict:

@@ -258,12 +258,11 @@ def test_block_scale_range_draws_each_push_episodes_block_and_nothing_else():
         assert 0.7 * BLOCK_HALF <= half <= 1.4 * BLOCK_HALF
         np.testing.assert_allclose(env.unwrapped.model.geom_size[geom], half)
         for _ in range(5):  # at rest on the table, not sunk into it nor dropped onto it
-            env.step(np.zeros(4, np.float32) + np.array([0, 0, 1, 0], np.float32))
+            env.step(np.array([0, 0, 1, 0], np.float32))
         assert env.unwrapped.block_position()[2] == pytest.approx(half, abs=1e-3)
     assert len(set(np.round(halves, 6))) == 6
     env.reset(seed=3)
-    again = env.unwrapped.block_half
-    assert again == halves[3]
+    assert env.unwrapped.block_half == halves[3]
     for seed in range(3):  # the expert still pushes the biggest block home
         big = envs.make_env("ArmPush-v0", render_goal=False, block_scale_range=(1.38, 1.4))
         big.reset(seed=seed)
