@@ -34,6 +34,8 @@ WORKSPACE_HIGH = np.array([0.58, 0.25, 0.35])
 """Box (world frame, metres) that clamps the commanded end-effector position."""
 MAX_LAG_M = 0.04
 """The command never runs further than this ahead of the actual end effector (no wind-up on contact)."""
+GRIPPER_DIM = 3
+"""Index of the gripper command in the action (dx, dy, dz, gripper)."""
 FINGER_OPEN = 0.04
 """Finger joint travel: each finger's inner face is this far from the centre when fully open."""
 HOME_EE = np.array([0.30, 0.0, 0.25])
@@ -126,6 +128,13 @@ class ArmEnv(gym.Env):
     """The task can sample goals from a region outside its training one (kwarg goal_region="shifted")."""
     supports_block_scale: bool = False
     """The task can draw its block's size per episode (kwarg block_scale_range)."""
+    subgoal_tolerances: tuple[float, ...] = ()
+    """Per sub-goal (in `_subgoal_snapshots`' order): the fraction of the task's success distance within
+    which that sub-goal counts as reached (reset info `subgoal_tolerances`); missing entries are 1.0. A
+    sub-goal that must be met exactly (a grasp: fingers on the block, not beside it) gets less."""
+    grip_held_from_stage: int | None = None
+    """Planning stage (sub-goal index; the final goal is the last stage) from which planners hold the gripper
+    command closed (reset info `stage_fixed_dims`): a grasp made is kept, not re-sampled every step."""
     control_hz = 1.0 / (N_SUBSTEPS * 0.005)
 
     def __init__(
@@ -246,6 +255,11 @@ class ArmEnv(gym.Env):
         stay the same with or without sub-goals)."""
         return []
 
+    def _stage_fixed_dims(self, n_subgoals: int) -> list[dict[int, float]]:
+        """Per planning stage (each sub-goal, then the goal): {action dimension: normalized value} to hold."""
+        start = self.grip_held_from_stage
+        return [{GRIPPER_DIM: 1.0} if start is not None and k >= start else {} for k in range(n_subgoals + 1)]
+
     def scripted_action(self) -> np.ndarray:
         """Privileged expert action toward the goal, float32[4] normalized."""
         raise NotImplementedError
@@ -272,12 +286,16 @@ class ArmEnv(gym.Env):
             subgoal_task_states.append(self.task_state().copy())
         if subgoal_images:
             self.set_snapshot(start)
+        tolerances = list(self.subgoal_tolerances[: len(subgoal_images)])
+        tolerances += [1.0] * (len(subgoal_images) - len(tolerances))
         dist = self.distance()
         info = dict(
             goal_image=goal_image,
             subgoal_images=subgoal_images,
             subgoal_proprio=subgoal_proprio,
             subgoal_task_states=subgoal_task_states,
+            subgoal_tolerances=tolerances,
+            stage_fixed_dims=self._stage_fixed_dims(len(subgoal_images)),
             goal_proprio=self.goal_proprio.copy(),
             goal_task_state=self.goal_task_state.copy(),
             distance=dist,

@@ -31,7 +31,15 @@ from planner.objectives import ObjectiveConfig, energy, energy_space, horizon_we
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
 from planner.seeding import episode_seed
-from planner.solvers import SOLVERS, action_dims_record, make_solver, shift_plan, solve, with_action_dims
+from planner.solvers import (
+    SOLVERS,
+    action_dims_record,
+    make_solver,
+    shift_plan,
+    solve,
+    with_action_dims,
+    with_fixed_dims,
+)
 
 
 @dataclass
@@ -289,6 +297,15 @@ def subgoal_error(u, reset_info: dict, k: int) -> list[float]:
     return [round(float(hand), 4), round(float(task), 4)]
 
 
+def stage_agents(agent, stage_fixed_dims: list[dict[int, float]] | None):
+    """One agent per planning stage holding that stage's action dimensions (reset info `stage_fixed_dims`,
+    e.g. pick-and-place's closed gripper from the lift on); `agent` itself when nothing is held or it does
+    not plan (a gcbc policy)."""
+    if not stage_fixed_dims or not any(stage_fixed_dims) or not isinstance(agent, MPCAgent):
+        return agent
+    return [agent.holding(fixed) for fixed in stage_fixed_dims]
+
+
 def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, steps: int, replan_every: int,
                       keep_frames: bool = False, stop_on_goal: bool = True, subgoals: bool = True,
                       subgoal_threshold_scale: float = 1.0, open_loop_check: bool = False,
@@ -298,7 +315,8 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
 
     With `subgoals` the agent plans to each of the env's sub-goal images in turn (then the goal), moving
     to the next one as soon as the current observation's energy to it is at most `subgoal_threshold_scale`
-    times the calibrated goal threshold, or (with `subgoal_patience`) once it has stalled that many
+    times the calibrated sub-goal threshold times the env's tolerance for it (reset info
+    `subgoal_tolerances`, 1.0 where absent), or (with `subgoal_patience`) once it has stalled that many
     planning calls (mpc.SubgoalPatience)."""
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
@@ -310,7 +328,10 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
     plan_ms, energies, distances, subgoal_steps, subgoal_errors, open_loop = [], [], [], [], [], []
     reached, target = False, 0
-    subgoal_threshold = agent.subgoal_energy_threshold * subgoal_threshold_scale
+    tolerances = info.get("subgoal_tolerances") or [1.0] * (len(z_targets) - 1)
+    subgoal_thresholds = [agent.subgoal_energy_threshold * subgoal_threshold_scale * tol
+                          for tol in tolerances]
+    planners = stage_agents(agent, info.get("stage_fixed_dims")) if subgoals else agent
     patience = SubgoalPatience(subgoal_patience) if subgoal_patience is not None else None
     start_distance = float(info["distance"])
     t = 0
@@ -318,7 +339,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
         if not queue:
             imgs, prev = pad_history(frames, acts, agent.history_len, zero)
             plan, target, passed, ms = plan_through_subgoals(
-                agent, imgs, prev, z_targets, target, warm, threshold=subgoal_threshold,
+                planners, imgs, prev, z_targets, target, warm, threshold=subgoal_thresholds,
                 executed_steps=replan_every, seed=(seed + 7919 * t) % (2**63), patience=patience)
             plan_ms += ms
             subgoal_steps += [t] * len(passed)
@@ -384,23 +405,29 @@ def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
     """The solver planning on the true physics (no rendering), replanning every step (the ceiling);
     `objective` gives the reduction over the horizon, the agent's own. With `subgoals` it plans to the
     env's sub-goal states in turn (reset info `subgoal_proprio`, `subgoal_task_states`), moving on once
-    within the task's success distance of one (`subgoal_distance`), as the agent does with sub-goal images."""
+    within the task's success distance of one (`subgoal_distance`) times its `subgoal_tolerances` entry, as
+    the agent does with sub-goal images; each stage holds its `stage_fixed_dims`."""
     u = env.unwrapped
     _, info = env.reset(seed=seed)
     start = float(info["distance"])
     targets = list(zip(info.get("subgoal_proprio", []), info.get("subgoal_task_states", []),
                        strict=True)) if subgoals else []
     targets.append(None)  # the final goal: task distance
+    tolerances = info.get("subgoal_tolerances") or [1.0] * len(targets)
     a_dim = u.action_space.shape[0]
+    held = info.get("stage_fixed_dims") if subgoals else None
+    stage_cfgs = ([with_fixed_dims(solver_cfg, fixed, a_dim) for fixed in held] if held
+                  else [solver_cfg] * len(targets))
     gen = torch.Generator().manual_seed(seed % (2**63))
     init, plan_ms, stage, reached_at = None, [], 0, []
     for t in range(steps):
-        while targets[stage] is not None and u.subgoal_distance(*targets[stage]) <= u.task.success_threshold:
+        while (targets[stage] is not None
+               and u.subgoal_distance(*targets[stage]) <= u.task.success_threshold * tolerances[stage]):
             stage, init = stage + 1, None
             reached_at.append(t)
         t0 = time.perf_counter()
         snap = u.get_snapshot()
-        sol = solve(simulator_objective(env, snap, objective, targets[stage]), solver_cfg, batch=1,
+        sol = solve(simulator_objective(env, snap, objective, targets[stage]), stage_cfgs[stage], batch=1,
                     horizon=horizon, action_dim=a_dim, init=init, generator=gen)
         plan_ms.append((time.perf_counter() - t0) * 1e3)
         physics_step(env, sol.actions[0, 0].numpy())

@@ -33,6 +33,7 @@ from planner.solvers import (
     validate_budget,
     with_action_dims,
     with_budget,
+    with_fixed_dims,
 )
 
 
@@ -186,6 +187,16 @@ class MPCAgent:
         other.solver = cfg
         other.horizon = self.horizon if horizon is None else int(horizon)
         validate_budget(cfg.samples, cfg.iterations, other.horizon)
+        return other
+
+    def holding(self, fixed_dims: dict[int, float]) -> MPCAgent:
+        """A new agent sharing this model whose plans also hold `fixed_dims` ({dimension: normalized value},
+        e.g. a task stage's closed gripper); this agent when there is nothing to hold."""
+        if not fixed_dims:
+            return self
+        other = object.__new__(MPCAgent)
+        other.__dict__.update(self.__dict__)
+        other.solver = with_fixed_dims(self.solver, fixed_dims, len(self.action_spec.low))
         return other
 
     # ------------------------------------------------------------------------------------------ encode
@@ -364,25 +375,29 @@ class SubgoalPatience:
         self.best, self.stalled = float("inf"), 0
 
 
-def plan_through_subgoals(agent: MPCAgent, images, prev_actions, targets: list[torch.Tensor], target: int,
-                          warm: Sequence[WarmStart | None] | None, *, threshold: float,
+def plan_through_subgoals(agent: MPCAgent | Sequence[MPCAgent], images, prev_actions,
+                          targets: list[torch.Tensor], target: int,
+                          warm: Sequence[WarmStart | None] | None, *, threshold: float | Sequence[float],
                           executed_steps: int = 1, seed: int = 0, patience: SubgoalPatience | None = None,
                           ) -> tuple[Plan, int, list[int], list[float]]:
     """One MPC step of one episode toward targets[target] (each float[1,D]; sub-goals first, the goal
-    last). While the current observation is already within `threshold` energy of a sub-goal, that sub-goal
-    counts as reached and the agent plans again, to the next target, without a warm start; with
-    `patience`, so does a sub-goal that has stalled (recorded in `patience.skipped`, not as reached).
-    images uint8 [K,S,S,3], prev_actions [K-1,A] (pad_history) -> (plan, target index now, indices of the
-    sub-goals reached in this step, plan_ms of every planning call)."""
+    last; `agent` one for all or one per target, e.g. `MPCAgent.holding` a stage's closed gripper). While
+    the current observation is already within `threshold` energy of a sub-goal (one value for all, or one
+    per sub-goal), that sub-goal counts as reached and the agent plans again, to the next target, without a
+    warm start; with `patience`, so does a sub-goal that has stalled (recorded in `patience.skipped`, not
+    as reached). images uint8 [K,S,S,3], prev_actions [K-1,A] (pad_history) -> (plan, target index now,
+    indices of the sub-goals reached in this step, plan_ms of every planning call)."""
     passed, plan_ms = [], []
     while True:
-        plan = agent.plan(images[None], prev_actions[None], targets[target], warm,
+        planner = agent[target] if isinstance(agent, Sequence) else agent
+        plan = planner.plan(images[None], prev_actions[None], targets[target], warm,
                           executed_steps=executed_steps, seed=seed, subgoal=target < len(targets) - 1)
         plan_ms.append(plan.plan_ms)
         if target == len(targets) - 1:
             return plan, target, passed, plan_ms
         now = float(plan.current_energy[0])
-        if now <= threshold:  # NaN threshold: never
+        limit = threshold if isinstance(threshold, float | int) else threshold[target]
+        if now <= limit:  # NaN threshold: never
             passed.append(target)
         elif patience is not None and patience.stalled_on(now):
             patience.skipped.append(target)

@@ -208,6 +208,19 @@ def with_action_dims(cfg: SolverConfig, source: SolverConfig) -> SolverConfig:
     return replace(cfg, binary_dims=source.binary_dims, fixed_dims=source.fixed_dims)
 
 
+def with_fixed_dims(cfg: SolverConfig, extra: dict[int, float],
+                    action_dim: int | None = None) -> SolverConfig:
+    """A copy of `cfg` also holding the dimensions in `extra` ({dimension: normalized value}; they win over
+    `cfg`'s own fixed or binary ones), validated (against `action_dim` when given)."""
+    if not extra:
+        return cfg
+    held = {int(d): float(v) for d, v in extra.items()}
+    fixed = tuple(sorted({**dict(cfg.fixed_dims), **held}.items()))
+    binary = tuple(d for d in cfg.binary_dims if d not in held)
+    validate_action_dims(binary, fixed, action_dim, cfg.low, cfg.high)
+    return replace(cfg, fixed_dims=fixed, binary_dims=binary)
+
+
 def shift_plan(actions: torch.Tensor, steps: int = 1) -> torch.Tensor:
     """float[B,H,A] -> float[B,H,A]: drop the first `steps` executed actions, pad by repeating the last."""
     if steps < 0:

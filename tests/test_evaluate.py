@@ -120,6 +120,44 @@ def test_simulator_ceiling_plans_through_subgoal_states():
     env.close()
 
 
+def test_simulator_ceiling_moves_on_at_each_subgoals_tolerance():
+    """reset info `subgoal_tolerances` scale the success distance per sub-goal: huge ones are all met at
+    the first step, zero ones never."""
+    from envs import make_env
+    from planner.evaluate import run_simulator_episode
+    from planner.objectives import ObjectiveConfig
+    from planner.solvers import make_solver
+
+    env = make_env("ArmPickPlace-v0", render_goal=False)
+    solver = make_solver("cem", samples=4, iterations=1)
+    run = dict(seed=3, steps=2, objective=ObjectiveConfig(), subgoals=True)
+    env.unwrapped.subgoal_tolerances = (100.0, 100.0, 100.0)
+    assert run_simulator_episode(env, solver, 2, **run)["subgoal_reached_at_step"] == [0, 0, 0]
+    env.unwrapped.subgoal_tolerances = (100.0, 0.0)  # the lift's is missing: 1.0, not met at the start
+    assert run_simulator_episode(env, solver, 2, **run)["subgoal_reached_at_step"] == [0]
+    env.close()
+
+
+def test_simulator_ceiling_holds_each_stages_fixed_dims():
+    """Every sub-goal met at once, so the planner is on pick-and-place's last stage, which holds the
+    gripper closed: the executed command leaves the finger target at 0 (closed); without sub-goals nothing
+    is held and the command is searched."""
+    from envs import make_env
+    from planner.evaluate import run_simulator_episode
+    from planner.objectives import ObjectiveConfig
+    from planner.solvers import make_solver
+
+    env = make_env("ArmPickPlace-v0", render_goal=False)
+    u = env.unwrapped
+    u.subgoal_tolerances = (100.0, 100.0, 100.0)
+    solver = make_solver("cem", samples=4, iterations=1)
+    run_simulator_episode(env, solver, 2, seed=3, steps=2, objective=ObjectiveConfig(), subgoals=True)
+    assert u.data.ctrl[4] == 0.0
+    run_simulator_episode(env, solver, 2, seed=3, steps=2, objective=ObjectiveConfig())
+    assert u.data.ctrl[4] > 0.0
+    env.close()
+
+
 def test_eval_rejects_bad_options(tiny_ckpt):
     with pytest.raises(ValueError, match="unknown --solver"):
         evaluate(EvalConfig(checkpoint=str(tiny_ckpt), solver="adam", progress=False))

@@ -249,3 +249,49 @@ def test_subgoal_patience_gives_up_a_stalled_subgoal_but_never_the_goal():
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="patience"):
             SubgoalPatience(bad)
+
+
+def test_per_subgoal_thresholds_hold_each_subgoal_to_its_own_limit():
+    """threshold as one value per sub-goal (a grasp held to a stricter test than the pre-grasp): 0.4 passes
+    sub-goal 0 (limit 0.5) but not sub-goal 1 (limit 0.15) until the energy is below 0.15."""
+    from planner.mpc import plan_through_subgoals
+
+    step = dict(images=np.zeros((1,)), prev_actions=np.zeros((1,)), targets=[0, 1, 2], warm=None,
+                threshold=[0.5, 0.15])
+    fake = FixedEnergyAgent([0.4, 0.4, 0.4, 0.1, 9.0])
+    target, reached = 0, []
+    for _ in range(3):
+        _, target, passed, _ = plan_through_subgoals(fake, target=target, **step)
+        reached += passed
+    assert reached == [0, 1] and target == 2
+    assert fake.targets == [0, 1, 1, 1, 2]
+
+
+def test_holding_agent_keeps_a_stage_dimension_fixed_and_shares_the_model():
+    """MPCAgent.holding({3: 1.0}): every planned gripper command is 1.0 (closed); {} gives the agent
+    itself; a held dimension stops being binary; a bad value is refused."""
+    from planner.solvers import with_fixed_dims
+
+    torch.manual_seed(0)
+    cfg = WorldModelConfig(image_size=16, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
+                           pred_hidden=16)
+    config = {"action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0]},
+              "history_len": 2, "image": {"size": 16}, "goal_energy_threshold": 0.1}
+    ag = MPCAgent(Loaded(WorldModel(cfg).eval(), config, "tiny@0"),
+                  make_solver("cem", samples=8, iterations=2, binary_dims=(3,)), horizon=3)
+    assert ag.holding({}) is ag
+    held = ag.holding({3: 1.0})
+    assert held.model is ag.model and held.solver.fixed_dims == ((3, 1.0),) and held.solver.binary_dims == ()
+    assert ag.solver.binary_dims == (3,) and ag.solver.fixed_dims == ()
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (1, 2, 16, 16, 3), dtype=np.uint8)
+    goal = held.encode_goal(rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8))
+    plan = held.plan(imgs, np.zeros((1, 1, 4), np.float32), goal)
+    np.testing.assert_array_equal(plan.actions_normalized[..., 3], 1.0)
+    for bad in ({3: 2.0}, {7: 1.0}):
+        with pytest.raises(ValueError):
+            ag.holding(bad)
+    assert with_fixed_dims(make_solver("cem"), {}).fixed_dims == ()
+    merged = with_fixed_dims(make_solver("cem", fixed_dims=((3, -1.0),)), {3: 1.0, 0: 0.5})
+    assert merged.fixed_dims == ((0, 0.5), (3, 1.0))
+
