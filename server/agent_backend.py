@@ -85,7 +85,7 @@ class AgentBackend:
             raise ValueError(f"one batch must share one seed, got {sorted(seeds)}")
         agent = self.agent.with_planner(
             params.solver, horizon=params.horizon, samples=params.samples, iterations=params.iterations
-        )
+        ).holding(dict(params.fixed_dims))
         missing = [i for i, p in enumerate(problems) if p.goal_latent is None]
         goals = [None if p.goal_latent is None else torch.as_tensor(p.goal_latent) for p in problems]
         if missing:
@@ -113,6 +113,7 @@ class AgentBackend:
             executed_steps=0,
             seed=problems[0].seed,
             subgoal=[p.subgoal for p in problems],
+            subgoal_tolerance=[p.subgoal_tolerance for p in problems],
         )
         ood = self._ood_scores(problems)
         return [

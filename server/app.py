@@ -14,6 +14,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from planner.solvers import validate_action_dims
 from server import images
 from server.auth import require_key
 from server.backend import Backend, ModelSpec, PlannerParams, PlanProblem
@@ -356,6 +358,31 @@ def _planner_params(req: PlanRequest, spec: ModelSpec, settings: Settings) -> tu
     return PlannerParams(solver=solver, **values), seed
 
 
+def _check_stages(req: PlanRequest, spec: ModelSpec) -> None:
+    """422 unless the request's per-sub-goal tolerances and per-stage held dimensions fit its sub-goals and
+    the model's actions (held values in normalized units; a held dimension is held even where the checkpoint
+    snaps it, as in `planner eval`)."""
+    n = len(req.subgoals)
+    if req.subgoal_tolerances and len(req.subgoal_tolerances) != n:
+        raise HTTPException(422, f"subgoal_tolerances has {len(req.subgoal_tolerances)} entries; send one "
+                                 f"per sub-goal ({n}) or none")
+    if any(not t > 0 for t in req.subgoal_tolerances):
+        raise HTTPException(422, f"subgoal_tolerances must all be > 0, got {req.subgoal_tolerances}")
+    if req.stage_fixed_dims and len(req.stage_fixed_dims) != n + 1:
+        raise HTTPException(422, f"stage_fixed_dims has {len(req.stage_fixed_dims)} entries; send one per "
+                                 f"stage ({n} sub-goal(s) + the goal = {n + 1}) or none")
+    for k, held in enumerate(req.stage_fixed_dims):
+        try:
+            validate_action_dims((), tuple(held.items()), spec.action_dim)
+        except ValueError as e:
+            raise HTTPException(422, f"stage_fixed_dims[{k}]: {e}") from None
+
+
+def _stage_fixed_dims(req: PlanRequest, index: int) -> tuple[tuple[int, float], ...]:
+    """(dimension, value) pairs held while planning to target `index` (sub-goals, then the goal)."""
+    return tuple(sorted(req.stage_fixed_dims[index].items())) if req.stage_fixed_dims else ()
+
+
 def _check_warm_start(request: Request, req: PlanRequest, params: PlannerParams, spec: ModelSpec) -> None:
     ws, executed = req.warm_start, req.executed_steps
     if ws is None:
@@ -658,6 +685,7 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
             422, f"subgoal_index {req.subgoal_index} is past the {len(req.subgoals)} sub-goal(s) sent "
             f"(at most {len(req.subgoals)}: the final goal)"
         )
+    _check_stages(req, spec)
     index = req.subgoal_index
     targets = [(g, f"subgoals[{i}]") for i, g in enumerate(req.subgoals)][index:] + [(req.goal, "goal")]
     resolved = [_goal(request, g, spec, req.resize, what) for g, what in targets]
@@ -677,9 +705,11 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
             context_frames=None if context is None else context[0],
             context_actions=None if context is None else context[1],
             subgoal=index < len(req.subgoals),
+            subgoal_tolerance=req.subgoal_tolerances[index] if index < len(req.subgoal_tolerances) else 1.0,
         )
+        stage_params = replace(params, fixed_dims=_stage_fixed_dims(req, index))
         outcome, queue_ms, model_ms, batch_size = await _run(
-            request, Job("plan", problem, _deadline(s, req.deadline_ms), params)
+            request, Job("plan", problem, _deadline(s, req.deadline_ms), stage_params)
         )
         model_ms_total, queue_ms_total = model_ms_total + model_ms, queue_ms_total + queue_ms
         if goal_latent is None:

@@ -22,6 +22,9 @@ class PlannerParams:
     horizon: int
     samples: int
     iterations: int
+    fixed_dims: tuple[tuple[int, float], ...] = ()
+    """(dimension, normalized value) pairs held in this stage on top of the checkpoint's own (the request's
+    `stage_fixed_dims`, e.g. pick-and-place's closed gripper from the lift on)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class PlanProblem:
     subgoal: bool = False
     """The goal is one of the request's sub-goals (scored with the plain energy and the sub-goal threshold;
     the final goal with the checkpoint's goal calibration, planner.mpc.MPCAgent.plan)."""
+    subgoal_tolerance: float = 1.0
+    """A sub-goal counts as reached within this fraction of the sub-goal threshold (`subgoal_tolerances`)."""
 
 
 @dataclass

@@ -206,3 +206,8 @@ def test_server_reports_and_keeps_the_action_dims(tiny_ckpt):
         assert r.status_code == 200, r.text
         high = backend.spec.action_high[3]
         assert np.allclose(np.array(r.json()["actions"])[:, 3], high)
+        # a request's stage hold works on top of the checkpoint's: dimension 0 held at its low bound too
+        r = client.post("/v1/plan", json={"observation": {"image": frame}, "goal": {"image": goal},
+                                          "stage_fixed_dims": [{"0": -1.0}]})
+        actions = np.array(r.json()["actions"])
+        assert np.allclose(actions[:, 3], high) and np.allclose(actions[:, 0], backend.spec.action_low[0])

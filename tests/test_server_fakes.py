@@ -52,6 +52,7 @@ class FakeBackend:
         self.oom_once = oom_once
         self.batches: list[int] = []
         self.problems: list[PlanProblem] = []
+        self.params: list[PlannerParams] = []
         self.release = threading.Event()
         self.release.set()
         self.entered = threading.Event()  # set when a plan call starts (before it waits for `release`)
@@ -78,18 +79,20 @@ class FakeBackend:
         time.sleep(self.delay_s)
         self.batches.append(len(problems))
         self.problems.extend(problems)
+        self.params.extend([params] * len(problems))
         out = []
         for p in problems:
             goal_z = p.goal_latent if p.goal_latent is not None else self.encode(p.goal_image[None])[0]
             goal_pixels = np.broadcast_to(goal_z * 255.0, (SIZE, SIZE, 3))
             actions = expected_actions(p.frames[-1], goal_pixels, p.seed, params.horizon)
             energy = float(np.linalg.norm(self.encode(p.frames[-1:])[0] - goal_z))
+            tolerance = p.subgoal_tolerance if p.subgoal else 1.0
             out.append(
                 PlanOutcome(
                     actions=actions,
                     energy=energy,
                     current_energy=energy,
-                    goal_reached=energy < self.spec.goal_energy_threshold,
+                    goal_reached=energy < self.spec.goal_energy_threshold * tolerance,
                     goal_latent=goal_z,
                     warm_start={"mean": actions.tolist(), "shifted": p.executed_steps},
                     ood_score=None,
