@@ -128,10 +128,6 @@ class ArmEnv(gym.Env):
     """The task can sample goals from a region outside its training one (kwarg goal_region="shifted")."""
     supports_block_scale: bool = False
     """The task can draw its block's size per episode (kwarg block_scale_range)."""
-    subgoal_tolerances: tuple[float, ...] = ()
-    """Per sub-goal (in `_subgoal_snapshots`' order): the fraction of the task's success distance within
-    which that sub-goal counts as reached (reset info `subgoal_tolerances`); missing entries are 1.0. A
-    sub-goal that must be met exactly (a grasp: fingers on the block, not beside it) gets less."""
     grip_held_from_stage: int | None = None
     """Planning stage (sub-goal index; the final goal is the last stage) from which planners hold the gripper
     command closed (reset info `stage_fixed_dims`): a grasp made is kept, not re-sampled every step."""
@@ -286,15 +282,12 @@ class ArmEnv(gym.Env):
             subgoal_task_states.append(self.task_state().copy())
         if subgoal_images:
             self.set_snapshot(start)
-        tolerances = list(self.subgoal_tolerances[: len(subgoal_images)])
-        tolerances += [1.0] * (len(subgoal_images) - len(tolerances))
         dist = self.distance()
         info = dict(
             goal_image=goal_image,
             subgoal_images=subgoal_images,
             subgoal_proprio=subgoal_proprio,
             subgoal_task_states=subgoal_task_states,
-            subgoal_tolerances=tolerances,
             stage_fixed_dims=self._stage_fixed_dims(len(subgoal_images)),
             goal_proprio=self.goal_proprio.copy(),
             goal_task_state=self.goal_task_state.copy(),

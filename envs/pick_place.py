@@ -5,9 +5,8 @@ block faces aligned with the fingers.
 
 Sub-goal images (reset info "subgoal_images", in order; planned through by `planner eval` and the
 server's `subgoal_images` before the goal, as V-JEPA 2-AC does): the open hand PREGRASP_ABOVE_M above the
-block; the closed hand around the block where it starts (reached only within GRASP_TOLERANCE of the success
-distance, reset info "subgoal_tolerances"); the block lifted straight up to the goal height (from here on
-planners hold the gripper closed, reset info "stage_fixed_dims").
+block; the closed hand around the block where it starts; the block lifted straight up to the goal height (from
+here on planners hold the gripper closed, reset info "stage_fixed_dims").
 """
 
 from __future__ import annotations
@@ -24,10 +23,6 @@ YAW_JITTER = 0.35
 """Start yaw of the block relative to the gripper's radial orientation, +- radians."""
 TRAVEL_HEIGHT_M = 0.09
 PREGRASP_ABOVE_M = 0.06
-GRASP_TOLERANCE = 0.3
-"""The grasp sub-goal counts as reached within 0.3 x the success distance (1.5 cm of hand + gripper + block
-error): at the full 5 cm the simulator planner moved on with the hand 3-4 cm above the block or the fingers
-open beside it, then could not lift (docs/BENCHMARKS.md, session 13)."""
 
 
 def radial_yaw(xy: np.ndarray) -> float:
@@ -39,7 +34,6 @@ class ArmPickPlaceEnv(ArmEnv):
     task = TaskSpec("ArmPickPlace-v0", success_threshold=0.05, step_budget=150, min_start_distance=0.10)
     has_block = True
     default_camera = "table"
-    subgoal_tolerances = (1.0, GRASP_TOLERANCE, 1.0)
     grip_held_from_stage = 2
     """From the lift on, planners keep the gripper closed: sampled like any other command, the grip loosens
     (costing nothing until the block falls) and the simulator planner dropped it (session 13)."""

@@ -315,8 +315,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
 
     With `subgoals` the agent plans to each of the env's sub-goal images in turn (then the goal), moving
     to the next one as soon as the current observation's energy to it is at most `subgoal_threshold_scale`
-    times the calibrated sub-goal threshold times the env's tolerance for it (reset info
-    `subgoal_tolerances`, 1.0 where absent), or (with `subgoal_patience`) once it has stalled that many
+    times the calibrated sub-goal threshold, or (with `subgoal_patience`) once it has stalled that many
     planning calls (mpc.SubgoalPatience)."""
     u = env.unwrapped
     obs, info = env.reset(seed=seed)
@@ -328,9 +327,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
     frames, acts, warm, queue = [preprocess_image(obs["image"], rule)], [], None, []
     plan_ms, energies, distances, subgoal_steps, subgoal_errors, open_loop = [], [], [], [], [], []
     reached, target = False, 0
-    tolerances = info.get("subgoal_tolerances") or [1.0] * (len(z_targets) - 1)
-    subgoal_thresholds = [agent.subgoal_energy_threshold * subgoal_threshold_scale * tol
-                          for tol in tolerances]
+    subgoal_threshold = agent.subgoal_energy_threshold * subgoal_threshold_scale
     planners = stage_agents(agent, info.get("stage_fixed_dims")) if subgoals else agent
     patience = SubgoalPatience(subgoal_patience) if subgoal_patience is not None else None
     start_distance = float(info["distance"])
@@ -339,7 +336,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
         if not queue:
             imgs, prev = pad_history(frames, acts, agent.history_len, zero)
             plan, target, passed, ms = plan_through_subgoals(
-                planners, imgs, prev, z_targets, target, warm, threshold=subgoal_thresholds,
+                planners, imgs, prev, z_targets, target, warm, threshold=subgoal_threshold,
                 executed_steps=replan_every, seed=(seed + 7919 * t) % (2**63), patience=patience)
             plan_ms += ms
             subgoal_steps += [t] * len(passed)
@@ -405,15 +402,14 @@ def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
     """The solver planning on the true physics (no rendering), replanning every step (the ceiling);
     `objective` gives the reduction over the horizon, the agent's own. With `subgoals` it plans to the
     env's sub-goal states in turn (reset info `subgoal_proprio`, `subgoal_task_states`), moving on once
-    within the task's success distance of one (`subgoal_distance`) times its `subgoal_tolerances` entry, as
-    the agent does with sub-goal images; each stage holds its `stage_fixed_dims`."""
+    within the task's success distance of one (`subgoal_distance`), as the agent does with sub-goal images;
+    each stage holds its `stage_fixed_dims`."""
     u = env.unwrapped
     _, info = env.reset(seed=seed)
     start = float(info["distance"])
     targets = list(zip(info.get("subgoal_proprio", []), info.get("subgoal_task_states", []),
                        strict=True)) if subgoals else []
     targets.append(None)  # the final goal: task distance
-    tolerances = info.get("subgoal_tolerances") or [1.0] * len(targets)
     a_dim = u.action_space.shape[0]
     held = info.get("stage_fixed_dims") if subgoals else None
     stage_cfgs = ([with_fixed_dims(solver_cfg, fixed, a_dim) for fixed in held] if held
@@ -421,8 +417,7 @@ def run_simulator_episode(env, solver_cfg, horizon: int, seed: int, steps: int,
     gen = torch.Generator().manual_seed(seed % (2**63))
     init, plan_ms, stage, reached_at = None, [], 0, []
     for t in range(steps):
-        while (targets[stage] is not None
-               and u.subgoal_distance(*targets[stage]) <= u.task.success_threshold * tolerances[stage]):
+        while targets[stage] is not None and u.subgoal_distance(*targets[stage]) <= u.task.success_threshold:
             stage, init = stage + 1, None
             reached_at.append(t)
         t0 = time.perf_counter()

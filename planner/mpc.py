@@ -377,16 +377,16 @@ class SubgoalPatience:
 
 def plan_through_subgoals(agent: MPCAgent | Sequence[MPCAgent], images, prev_actions,
                           targets: list[torch.Tensor], target: int,
-                          warm: Sequence[WarmStart | None] | None, *, threshold: float | Sequence[float],
+                          warm: Sequence[WarmStart | None] | None, *, threshold: float,
                           executed_steps: int = 1, seed: int = 0, patience: SubgoalPatience | None = None,
                           ) -> tuple[Plan, int, list[int], list[float]]:
     """One MPC step of one episode toward targets[target] (each float[1,D]; sub-goals first, the goal
     last; `agent` one for all or one per target, e.g. `MPCAgent.holding` a stage's closed gripper). While
-    the current observation is already within `threshold` energy of a sub-goal (one value for all, or one
-    per sub-goal), that sub-goal counts as reached and the agent plans again, to the next target, without a
-    warm start; with `patience`, so does a sub-goal that has stalled (recorded in `patience.skipped`, not
-    as reached). images uint8 [K,S,S,3], prev_actions [K-1,A] (pad_history) -> (plan, target index now,
-    indices of the sub-goals reached in this step, plan_ms of every planning call)."""
+    the current observation is already within `threshold` energy of a sub-goal, that sub-goal counts as
+    reached and the agent plans again, to the next target, without a warm start; with `patience`, so does a
+    sub-goal that has stalled (recorded in `patience.skipped`, not as reached). images uint8 [K,S,S,3],
+    prev_actions [K-1,A] (pad_history) -> (plan, target index now, indices of the sub-goals reached in this
+    step, plan_ms of every planning call)."""
     passed, plan_ms = [], []
     while True:
         planner = agent[target] if isinstance(agent, Sequence) else agent
@@ -396,8 +396,7 @@ def plan_through_subgoals(agent: MPCAgent | Sequence[MPCAgent], images, prev_act
         if target == len(targets) - 1:
             return plan, target, passed, plan_ms
         now = float(plan.current_energy[0])
-        limit = threshold if isinstance(threshold, float | int) else threshold[target]
-        if now <= limit:  # NaN threshold: never
+        if now <= threshold:  # NaN threshold: never
             passed.append(target)
         elif patience is not None and patience.stalled_on(now):
             patience.skipped.append(target)

@@ -71,14 +71,11 @@ class PlannerPolicy:
         self.targets: list = []
 
     def reset(self, info: dict | None = None) -> None:
-        """info: the env's reset info; its `goal_image` (and `subgoal_images`, each reached within its
-        `subgoal_tolerances` share of the sub-goal threshold) are the targets."""
+        """info: the env's reset info; its `goal_image` (and `subgoal_images`) are the targets."""
         if info is None or info.get("goal_image") is None:
             raise ValueError("the planner policy needs the env's goal image in its reset info (an ArmEnv "
                              "block or reach task with goal rendering on)")
         images = [*info.get("subgoal_images", []), info["goal_image"]]
-        tolerances = info.get("subgoal_tolerances") or [1.0] * (len(images) - 1)
-        self.thresholds = [self.agent.subgoal_energy_threshold * tol for tol in tolerances]
         self.targets = [self.agent.encode_goal(preprocess_image(g, self.rule))[None] for g in images]
         self.target, self.warm, self.frames, self.actions, self.t = 0, None, [], [], 0
         self.zero = self.agent.action_spec.to_native(np.zeros(self.agent.action_spec.dim, np.float32))
@@ -93,7 +90,7 @@ class PlannerPolicy:
         imgs, prev = pad_history(self.frames, self.actions, k, self.zero)
         plan, self.target, _, _ = plan_through_subgoals(
             self.agent, imgs, prev, self.targets, self.target, self.warm,
-            threshold=self.thresholds, seed=(self.seed + 7919 * self.t) % (2**63))
+            threshold=self.agent.subgoal_energy_threshold, seed=(self.seed + 7919 * self.t) % (2**63))
         self.warm, self.t = plan.warm_start, self.t + 1
         action = plan.actions_normalized[0][0] + self.rng.normal(0.0, self.noise, self.agent.action_spec.dim)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)

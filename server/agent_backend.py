@@ -113,7 +113,6 @@ class AgentBackend:
             executed_steps=0,
             seed=problems[0].seed,
             subgoal=[p.subgoal for p in problems],
-            subgoal_tolerance=[p.subgoal_tolerance for p in problems],
         )
         ood = self._ood_scores(problems)
         return [

@@ -359,15 +359,10 @@ def _planner_params(req: PlanRequest, spec: ModelSpec, settings: Settings) -> tu
 
 
 def _check_stages(req: PlanRequest, spec: ModelSpec) -> None:
-    """422 unless the request's per-sub-goal tolerances and per-stage held dimensions fit its sub-goals and
-    the model's actions (held values in normalized units; a held dimension is held even where the checkpoint
-    snaps it, as in `planner eval`)."""
+    """422 unless the request's per-stage held dimensions fit its sub-goals and the model's actions (held
+    values in normalized units; a held dimension is held even where the checkpoint snaps it, as in
+    `planner eval`)."""
     n = len(req.subgoals)
-    if req.subgoal_tolerances and len(req.subgoal_tolerances) != n:
-        raise HTTPException(422, f"subgoal_tolerances has {len(req.subgoal_tolerances)} entries; send one "
-                                 f"per sub-goal ({n}) or none")
-    if any(not t > 0 for t in req.subgoal_tolerances):
-        raise HTTPException(422, f"subgoal_tolerances must all be > 0, got {req.subgoal_tolerances}")
     if req.stage_fixed_dims and len(req.stage_fixed_dims) != n + 1:
         raise HTTPException(422, f"stage_fixed_dims has {len(req.stage_fixed_dims)} entries; send one per "
                                  f"stage ({n} sub-goal(s) + the goal = {n + 1}) or none")
@@ -705,7 +700,6 @@ async def _plan(request: Request, req: PlanRequest) -> PlanResponse:
             context_frames=None if context is None else context[0],
             context_actions=None if context is None else context[1],
             subgoal=index < len(req.subgoals),
-            subgoal_tolerance=req.subgoal_tolerances[index] if index < len(req.subgoal_tolerances) else 1.0,
         )
         stage_params = replace(params, fixed_dims=_stage_fixed_dims(req, index))
         outcome, queue_ms, model_ms, batch_size = await _run(

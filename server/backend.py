@@ -83,8 +83,6 @@ class PlanProblem:
     subgoal: bool = False
     """The goal is one of the request's sub-goals (scored with the plain energy and the sub-goal threshold;
     the final goal with the checkpoint's goal calibration, planner.mpc.MPCAgent.plan)."""
-    subgoal_tolerance: float = 1.0
-    """A sub-goal counts as reached within this fraction of the sub-goal threshold (`subgoal_tolerances`)."""
 
 
 @dataclass

@@ -114,13 +114,11 @@ def _goal_body(goal: Goal | np.ndarray) -> dict:
 
 
 def _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
-               subgoals=(), subgoal_index: int = 0, subgoal_tolerances=(), stage_fixed_dims=()) -> dict:
+               subgoals=(), subgoal_index: int = 0, stage_fixed_dims=()) -> dict:
     body: dict[str, Any] = {"observation": _observation(image, proprio, history), "goal": _goal_body(goal)}
     if len(subgoals):
         body["subgoals"] = [_goal_body(g) for g in subgoals]
         body["subgoal_index"] = int(subgoal_index)
-    if len(subgoal_tolerances):
-        body["subgoal_tolerances"] = [float(t) for t in subgoal_tolerances]
     if len(stage_fixed_dims):
         body["stage_fixed_dims"] = [{str(int(d)): float(v) for d, v in held.items()}
                                     for held in stage_fixed_dims]
@@ -288,17 +286,16 @@ class PlannerClient(_Base):
         resize: bool = False,
         subgoals: Sequence[Goal | np.ndarray] = (),
         subgoal_index: int = 0,
-        subgoal_tolerances: Sequence[float] = (),
         stage_fixed_dims: Sequence[dict[int, float]] = (),
     ) -> PlanResult:
         """One MPC step: image uint8 [S,S,3] -> PlanResult (actions float32 [H,A], native units).
 
         subgoals: goals planned to in order before `goal`; pass back `result.subgoal_index`.
-        subgoal_tolerances (one per sub-goal), stage_fixed_dims (one per stage): the task's sub-goal
-        structure, e.g. our envs' reset info entries of those names."""
+        stage_fixed_dims: per stage (each sub-goal, then the goal) {action dimension: normalized value} to
+        hold, e.g. our envs' reset info entry of that name."""
         t0 = time.perf_counter()
         body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
-                          subgoals, subgoal_index, subgoal_tolerances, stage_fixed_dims)
+                          subgoals, subgoal_index, stage_fixed_dims)
         try:
             data = self._request("POST", "/v1/plan", body, deadline_s)
         except GoalNotFound:
@@ -308,7 +305,7 @@ class PlannerClient(_Base):
             for g in uploaded:
                 g.goal_id = self.upload_goal(g.image, g.proprio).goal_id
             body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
-                              subgoals, subgoal_index, subgoal_tolerances, stage_fixed_dims)
+                              subgoals, subgoal_index, stage_fixed_dims)
             data = self._request("POST", "/v1/plan", body, deadline_s)
         return _parse_plan(data, (time.perf_counter() - t0) * 1000.0)
 
@@ -423,12 +420,11 @@ class AsyncPlannerClient(_Base):
         resize: bool = False,
         subgoals: Sequence[Goal | np.ndarray] = (),
         subgoal_index: int = 0,
-        subgoal_tolerances: Sequence[float] = (),
         stage_fixed_dims: Sequence[dict[int, float]] = (),
     ) -> PlanResult:
         t0 = time.perf_counter()
         body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
-                          subgoals, subgoal_index, subgoal_tolerances, stage_fixed_dims)
+                          subgoals, subgoal_index, stage_fixed_dims)
         try:
             data = await self._request("POST", "/v1/plan", body, deadline_s)
         except GoalNotFound:
@@ -438,7 +434,7 @@ class AsyncPlannerClient(_Base):
             for g in uploaded:
                 g.goal_id = (await self.upload_goal(g.image, g.proprio)).goal_id
             body = _plan_body(image, goal, proprio, history, warm_start, executed_steps, planner, resize,
-                              subgoals, subgoal_index, subgoal_tolerances, stage_fixed_dims)
+                              subgoals, subgoal_index, stage_fixed_dims)
             data = await self._request("POST", "/v1/plan", body, deadline_s)
         return _parse_plan(data, (time.perf_counter() - t0) * 1000.0)
 

@@ -40,14 +40,14 @@ def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict
     obs, info = env.reset(seed=seed)
     goal = client.upload_goal(info["goal_image"])
     subgoals = [client.upload_goal(g) for g in info.get("subgoal_images", [])]  # push, pick-and-place
-    structure = {k: info.get(k, []) for k in ("subgoal_tolerances", "stage_fixed_dims")} if subgoals else {}
     frames, energies, round_trip_ms, plan_ms = [obs["image"]], [], [], []
     history: list[tuple[np.ndarray, np.ndarray]] = []
     warm, reached, subgoal_index = None, False, 0
     for _ in range(u.task.step_budget):
         recent = history[max(0, len(history) - (history_len - 1)) :] if history_len > 1 else None
         result = client.plan(obs["image"], goal, history=recent, warm_start=warm, executed_steps=1,
-                             subgoals=subgoals, subgoal_index=subgoal_index, **structure)
+                             subgoals=subgoals, subgoal_index=subgoal_index,
+                             stage_fixed_dims=info.get("stage_fixed_dims", []) if subgoals else [])
         subgoal_index = result.subgoal_index
         energies.append(result.current_energy)
         round_trip_ms.append(result.round_trip_ms)

@@ -75,13 +75,6 @@ class PlanRequest(Strict):
     subgoal_index: int = Field(
         0, ge=0, description="First sub-goal not yet reached: send back the response's subgoal_index."
     )
-    subgoal_tolerances: list[float] = Field(
-        default_factory=list,
-        max_length=MAX_SUBGOALS,
-        description="Per sub-goal, the fraction of the sub-goal threshold within which it counts as reached "
-        "(our envs' reset info `subgoal_tolerances`: pick-and-place's grasp 0.3); each > 0. Empty: 1.0 each; "
-        "else one per sub-goal.",
-    )
     stage_fixed_dims: list[dict[int, float]] = Field(
         default_factory=list,
         max_length=MAX_SUBGOALS + 1,

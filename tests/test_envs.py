@@ -196,19 +196,6 @@ def test_pick_place_subgoals_pregrasp_grasp_lift_then_goal():
     assert envs.make_env("ArmReach-v0").reset(seed=0)[1]["subgoal_images"] == []
 
 
-def test_subgoal_tolerances_hold_the_grasp_to_a_stricter_test():
-    """Reset info gives one tolerance per sub-goal: pick-and-place's grasp must be met within 0.3 x the
-    success distance (a closed hand 3 cm above the block is not a grasp), push's sub-goals and reach's
-    (none) keep the plain test."""
-    from envs.pick_place import GRASP_TOLERANCE
-
-    _, info = envs.make_env("ArmPickPlace-v0", render_goal=False).reset(seed=4)
-    assert info["subgoal_tolerances"] == [1.0, GRASP_TOLERANCE, 1.0] and GRASP_TOLERANCE < 1.0
-    assert envs.make_env("ArmPush-v0", render_goal=False).reset(seed=4)[1]["subgoal_tolerances"] == [1.0] * 3
-    assert envs.make_env("ArmReach-v0", render_goal=False).reset(seed=0)[1]["subgoal_tolerances"] == []
-
-
-
 def test_pick_place_holds_the_grip_from_the_lift_on():
     """Reset info `stage_fixed_dims`, one entry per stage (sub-goals, then the goal): pick-and-place holds
     the gripper command closed from the lift on; push and reach hold nothing."""

@@ -120,28 +120,10 @@ def test_simulator_ceiling_plans_through_subgoal_states():
     env.close()
 
 
-def test_simulator_ceiling_moves_on_at_each_subgoals_tolerance():
-    """reset info `subgoal_tolerances` scale the success distance per sub-goal: huge ones are all met at
-    the first step, zero ones never."""
-    from envs import make_env
-    from planner.evaluate import run_simulator_episode
-    from planner.objectives import ObjectiveConfig
-    from planner.solvers import make_solver
-
-    env = make_env("ArmPickPlace-v0", render_goal=False)
-    solver = make_solver("cem", samples=4, iterations=1)
-    run = dict(seed=3, steps=2, objective=ObjectiveConfig(), subgoals=True)
-    env.unwrapped.subgoal_tolerances = (100.0, 100.0, 100.0)
-    assert run_simulator_episode(env, solver, 2, **run)["subgoal_reached_at_step"] == [0, 0, 0]
-    env.unwrapped.subgoal_tolerances = (100.0, 0.0)  # the lift's is missing: 1.0, not met at the start
-    assert run_simulator_episode(env, solver, 2, **run)["subgoal_reached_at_step"] == [0]
-    env.close()
-
-
 def test_simulator_ceiling_holds_each_stages_fixed_dims():
-    """Every sub-goal met at once, so the planner is on pick-and-place's last stage, which holds the
-    gripper closed: the executed command leaves the finger target at 0 (closed); without sub-goals nothing
-    is held and the command is searched."""
+    """With the grip held from the first stage on, every executed gripper command is closed (finger target
+    0); pick-and-place's own holds start at the lift, so two steps into the pre-grasp nothing is held, and
+    without sub-goals nothing is held at all."""
     from envs import make_env
     from planner.evaluate import run_simulator_episode
     from planner.objectives import ObjectiveConfig
@@ -149,11 +131,14 @@ def test_simulator_ceiling_holds_each_stages_fixed_dims():
 
     env = make_env("ArmPickPlace-v0", render_goal=False)
     u = env.unwrapped
-    u.subgoal_tolerances = (100.0, 100.0, 100.0)
     solver = make_solver("cem", samples=4, iterations=1)
-    run_simulator_episode(env, solver, 2, seed=3, steps=2, objective=ObjectiveConfig(), subgoals=True)
+    run = dict(seed=3, steps=2, objective=ObjectiveConfig())
+    run_simulator_episode(env, solver, 2, subgoals=True, **run)
+    assert u.data.ctrl[4] > 0.0
+    u.grip_held_from_stage = 0
+    run_simulator_episode(env, solver, 2, subgoals=True, **run)
     assert u.data.ctrl[4] == 0.0
-    run_simulator_episode(env, solver, 2, seed=3, steps=2, objective=ObjectiveConfig())
+    run_simulator_episode(env, solver, 2, **run)
     assert u.data.ctrl[4] > 0.0
     env.close()
 

@@ -251,22 +251,6 @@ def test_subgoal_patience_gives_up_a_stalled_subgoal_but_never_the_goal():
             SubgoalPatience(bad)
 
 
-def test_per_subgoal_thresholds_hold_each_subgoal_to_its_own_limit():
-    """threshold as one value per sub-goal (a grasp held to a stricter test than the pre-grasp): 0.4 passes
-    sub-goal 0 (limit 0.5) but not sub-goal 1 (limit 0.15) until the energy is below 0.15."""
-    from planner.mpc import plan_through_subgoals
-
-    step = dict(images=np.zeros((1,)), prev_actions=np.zeros((1,)), targets=[0, 1, 2], warm=None,
-                threshold=[0.5, 0.15])
-    fake = FixedEnergyAgent([0.4, 0.4, 0.4, 0.1, 9.0])
-    target, reached = 0, []
-    for _ in range(3):
-        _, target, passed, _ = plan_through_subgoals(fake, target=target, **step)
-        reached += passed
-    assert reached == [0, 1] and target == 2
-    assert fake.targets == [0, 1, 1, 1, 2]
-
-
 def test_holding_agent_keeps_a_stage_dimension_fixed_and_shares_the_model():
     """MPCAgent.holding({3: 1.0}): every planned gripper command is 1.0 (closed); {} gives the agent
     itself; a held dimension stops being binary; a bad value is refused."""

@@ -520,26 +520,18 @@ def test_subgoals_are_planned_in_order_and_skipped_once_reached(client):
     assert bad.status_code == 422 and "subgoals[0]" in bad.text
 
 
-def test_subgoal_tolerances_and_stage_fixed_dims_reach_the_planner():
-    """Per-sub-goal tolerances scale the sub-goal test (1/255 x sqrt(3) = 0.0068 from sub-goal 0 passes the
-    fake's 0.01 threshold at 1.0, not at 0.5); each stage's held dimensions go to the backend with that
-    stage's plan; bad shapes and values are 422."""
+def test_stage_fixed_dims_reach_the_planner_stage_by_stage():
+    """Each stage's held dimensions go to the backend with that stage's plan (the observation passes
+    sub-goal 0, so one request plans twice); bad shapes and values are 422."""
     backend = FakeBackend()
     with serve(backend, max_wait_ms=1) as c:
         wait_ready(c)
         subgoals = [{"image": b64(100)}, {"image": b64(130)}]
-        near = dict(obs=101, subgoals=subgoals)
-        assert c.post("/v1/plan", json=body(**near)).json()["subgoal_index"] == 1
-        strict = c.post("/v1/plan", json=body(**near, subgoal_tolerances=[0.5, 1.0])).json()
-        assert strict["subgoal_index"] == 0
-        backend.params.clear()
         held = [{}, {"3": 1.0}, {"3": 1.0, "0": -0.5}]
-        r = c.post("/v1/plan", json=body(**near, stage_fixed_dims=held))
+        r = c.post("/v1/plan", json=body(obs=101, subgoals=subgoals, stage_fixed_dims=held))
         assert r.status_code == 200 and r.json()["subgoal_index"] == 1
-        assert [p.fixed_dims for p in backend.params] == [(), ((3, 1.0),)]  # sub-goal 0 passed, then 1
-        for extra, words in (({"subgoal_tolerances": [1.0]}, "one per sub-goal"),
-                             ({"subgoal_tolerances": [1.0, 0.0]}, "> 0"),
-                             ({"stage_fixed_dims": [{}, {}]}, "one per stage"),
+        assert [p.fixed_dims for p in backend.params] == [(), ((3, 1.0),)]
+        for extra, words in (({"stage_fixed_dims": [{}, {}]}, "one per stage"),
                              ({"stage_fixed_dims": [{}, {"7": 1.0}, {}]}, "stage_fixed_dims[1]"),
                              ({"stage_fixed_dims": [{"3": 2.0}, {}, {}]}, "stage_fixed_dims[0]")):
             bad = c.post("/v1/plan", json=body(subgoals=subgoals, **extra))

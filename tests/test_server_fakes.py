@@ -86,13 +86,12 @@ class FakeBackend:
             goal_pixels = np.broadcast_to(goal_z * 255.0, (SIZE, SIZE, 3))
             actions = expected_actions(p.frames[-1], goal_pixels, p.seed, params.horizon)
             energy = float(np.linalg.norm(self.encode(p.frames[-1:])[0] - goal_z))
-            tolerance = p.subgoal_tolerance if p.subgoal else 1.0
             out.append(
                 PlanOutcome(
                     actions=actions,
                     energy=energy,
                     current_energy=energy,
-                    goal_reached=energy < self.spec.goal_energy_threshold * tolerance,
+                    goal_reached=energy < self.spec.goal_energy_threshold,
                     goal_latent=goal_z,
                     warm_start={"mean": actions.tolist(), "shifted": p.executed_steps},
                     ood_score=None,
