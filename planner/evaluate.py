@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planner.mpc import MPCAgent, SubgoalPatience, pad_history, plan_through_subgoals
+from planner.mpc import MPCAgent, SubgoalPatience, pad_history, plan_through_subgoals, stage_agents
 from planner.objectives import ObjectiveConfig, energy, energy_space, horizon_weights
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
@@ -295,15 +295,6 @@ def subgoal_error(u, reset_info: dict, k: int) -> list[float]:
     hand = np.linalg.norm(u.ee_position() - np.asarray(reset_info["subgoal_proprio"][k])[:3])
     task = np.linalg.norm(u.task_state() - np.asarray(reset_info["subgoal_task_states"][k]))
     return [round(float(hand), 4), round(float(task), 4)]
-
-
-def stage_agents(agent, stage_fixed_dims: list[dict[int, float]] | None):
-    """One agent per planning stage holding that stage's action dimensions (reset info `stage_fixed_dims`,
-    e.g. pick-and-place's closed gripper from the lift on); `agent` itself when nothing is held or it does
-    not plan (a gcbc policy)."""
-    if not stage_fixed_dims or not any(stage_fixed_dims) or not isinstance(agent, MPCAgent):
-        return agent
-    return [agent.holding(fixed) for fixed in stage_fixed_dims]
 
 
 def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, steps: int, replan_every: int,

@@ -375,6 +375,15 @@ class SubgoalPatience:
         self.best, self.stalled = float("inf"), 0
 
 
+def stage_agents(agent, stage_fixed_dims: list[dict[int, float]] | None):
+    """One agent per planning stage holding that stage's action dimensions (reset info `stage_fixed_dims`,
+    e.g. pick-and-place's closed gripper from the lift on); `agent` itself when nothing is held or it does
+    not plan (a gcbc policy)."""
+    if not stage_fixed_dims or not any(stage_fixed_dims) or not isinstance(agent, MPCAgent):
+        return agent
+    return [agent.holding(fixed) for fixed in stage_fixed_dims]
+
+
 def plan_through_subgoals(agent: MPCAgent | Sequence[MPCAgent], images, prev_actions,
                           targets: list[torch.Tensor], target: int,
                           warm: Sequence[WarmStart | None] | None, *, threshold: float,

@@ -71,12 +71,16 @@ class PlannerPolicy:
         self.targets: list = []
 
     def reset(self, info: dict | None = None) -> None:
-        """info: the env's reset info; its `goal_image` (and `subgoal_images`) are the targets."""
+        """info: the env's reset info; its `goal_image` (and `subgoal_images`) are the targets, each stage
+        planned holding its `stage_fixed_dims`."""
         if info is None or info.get("goal_image") is None:
             raise ValueError("the planner policy needs the env's goal image in its reset info (an ArmEnv "
                              "block or reach task with goal rendering on)")
+        from planner.mpc import stage_agents
+
         images = [*info.get("subgoal_images", []), info["goal_image"]]
         self.targets = [self.agent.encode_goal(preprocess_image(g, self.rule))[None] for g in images]
+        self.planners = stage_agents(self.agent, info.get("stage_fixed_dims"))
         self.target, self.warm, self.frames, self.actions, self.t = 0, None, [], [], 0
         self.zero = self.agent.action_spec.to_native(np.zeros(self.agent.action_spec.dim, np.float32))
 
@@ -89,7 +93,7 @@ class PlannerPolicy:
         self.frames = [*self.frames, preprocess_image(obs["image"], self.rule)][-k:]
         imgs, prev = pad_history(self.frames, self.actions, k, self.zero)
         plan, self.target, _, _ = plan_through_subgoals(
-            self.agent, imgs, prev, self.targets, self.target, self.warm,
+            self.planners, imgs, prev, self.targets, self.target, self.warm,
             threshold=self.agent.subgoal_energy_threshold, seed=(self.seed + 7919 * self.t) % (2**63))
         self.warm, self.t = plan.warm_start, self.t + 1
         action = plan.actions_normalized[0][0] + self.rng.normal(0.0, self.noise, self.agent.action_spec.dim)

@@ -61,6 +61,21 @@ def test_without_noise_the_policy_executes_the_planners_first_action(tiny_ckpt):
     env.close()
 
 
+def test_the_policy_holds_each_stages_action_dims(tiny_ckpt):
+    """Reset info `stage_fixed_dims` (here the grip held from the first stage on) reaches the planner:
+    without noise every executed gripper command is closed; with nothing held it is searched."""
+    import envs
+
+    env = envs.make_env("ArmReach-v0", image_size=32)
+    obs, info = env.reset(seed=3)
+    pi = make_planner_policy(PlannerPolicySpec(tiny_ckpt, noise=0.0), "planner", env, seed=5)
+    pi.reset({**info, "stage_fixed_dims": [{3: 1.0}]})
+    assert pi(obs)[3] == 1.0
+    pi.reset(info)
+    assert pi(obs)[3] != 1.0
+    env.close()
+
+
 def test_planner_policy_requests_are_checked(tiny_ckpt, tmp_path):
     with pytest.raises(CollectError, match="needs --checkpoint"):
         collect(planner_cfg(tmp_path / "x", None), progress=False)
