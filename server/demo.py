@@ -43,9 +43,10 @@ def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict
     frames, energies, round_trip_ms, plan_ms = [obs["image"]], [], [], []
     history: list[tuple[np.ndarray, np.ndarray]] = []
     warm, reached, subgoal_index = None, False, 0
-    for _ in range(u.task.step_budget):
+    for t in range(u.task.step_budget):
         recent = history[max(0, len(history) - (history_len - 1)) :] if history_len > 1 else None
         result = client.plan(obs["image"], goal, history=recent, warm_start=warm, executed_steps=1,
+                             planner={"seed": (seed + 7919 * t) % (2**63)},  # planner eval's seeds
                              subgoals=subgoals, subgoal_index=subgoal_index,
                              stage_fixed_dims=info.get("stage_fixed_dims", []) if subgoals else [])
         subgoal_index = result.subgoal_index
