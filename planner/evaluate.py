@@ -30,7 +30,7 @@ from planner.mpc import MPCAgent, SubgoalPatience, pad_history, plan_through_sub
 from planner.objectives import ObjectiveConfig, energy, energy_space, horizon_weights
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
-from planner.seeding import episode_seed
+from planner.seeding import episode_seed, planning_seed
 from planner.solvers import (
     SOLVERS,
     action_dims_record,
@@ -328,7 +328,7 @@ def run_agent_episode(env, agent: MPCAgent, rule: Preprocessing, seed: int, step
             imgs, prev = pad_history(frames, acts, agent.history_len, zero)
             plan, target, passed, ms = plan_through_subgoals(
                 planners, imgs, prev, z_targets, target, warm, threshold=subgoal_threshold,
-                executed_steps=replan_every, seed=(seed + 7919 * t) % (2**63), patience=patience)
+                executed_steps=replan_every, seed=planning_seed(seed, t), patience=patience)
             plan_ms += ms
             subgoal_steps += [t] * len(passed)
             subgoal_errors += [subgoal_error(u, reset_info, k) for k in passed]

@@ -37,6 +37,7 @@ from planner.mpc import MPCAgent, Plan, pad_history
 from planner.objectives import make_objective
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, images_to_model_input, preprocess_image
+from planner.seeding import planning_seed
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -100,7 +101,7 @@ def mpc_state(agent: MPCAgent, env, seed: int, steps: int) -> MPCState:
     frames, acts, warm = [preprocess_image(obs["image"], rule)], [], None
     for t in range(steps + 1):
         imgs, prev = pad_history(frames, acts, agent.history_len, zero)
-        plan = agent.plan(imgs[None], prev[None], z_goal[None], warm, seed=(seed + 7919 * t) % (2**63))
+        plan = agent.plan(imgs[None], prev[None], z_goal[None], warm, seed=planning_seed(seed, t))
         if t == steps:
             snap = u.get_snapshot().copy()
             return MPCState(imgs, prev, z_goal, snap, plan, steps, seed, float(u.distance()))

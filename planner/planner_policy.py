@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from planner.preprocess import Preprocessing, preprocess_image
+from planner.seeding import planning_seed
 
 _AGENTS: dict[tuple[str, str], tuple] = {}
 """Per-process cache: (checkpoint, device) -> (MPCAgent, Preprocessing); a collection worker loads once."""
@@ -94,7 +95,7 @@ class PlannerPolicy:
         imgs, prev = pad_history(self.frames, self.actions, k, self.zero)
         plan, self.target, _, _ = plan_through_subgoals(
             self.planners, imgs, prev, self.targets, self.target, self.warm,
-            threshold=self.agent.subgoal_energy_threshold, seed=(self.seed + 7919 * self.t) % (2**63))
+            threshold=self.agent.subgoal_energy_threshold, seed=planning_seed(self.seed, self.t))
         self.warm, self.t = plan.warm_start, self.t + 1
         action = plan.actions_normalized[0][0] + self.rng.normal(0.0, self.noise, self.agent.action_spec.dim)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)

@@ -39,3 +39,10 @@ def episode_seed(base_seed: int, index: int, stream: str) -> int:
     seq = np.random.SeedSequence(entropy=int(base_seed), spawn_key=(_stream_key(stream), int(index)))
     state = seq.generate_state(1, dtype=np.uint64)[0]
     return int(state) >> (64 - _SEED_BITS)
+
+
+def planning_seed(episode: int, step: int) -> int:
+    """The solver seed of an episode's MPC call at control step `step` (episode: its seed); an int in
+    [0, 2**63). `planner eval`, the planner collection policy, `planner pictures` and the HTTP demo all
+    use it, so an episode is planned with the same random draws however it is driven."""
+    return (int(episode) + 7919 * int(step)) % (2**_SEED_BITS)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from planner.seeding import planning_seed
+
 
 @dataclass
 class DemoConfig:
@@ -42,13 +44,13 @@ def drive_episode(client, env, action_spec, history_len: int, seed: int) -> dict
     subgoals = [client.upload_goal(g) for g in info.get("subgoal_images", [])]  # push, pick-and-place
     frames, energies, round_trip_ms, plan_ms = [obs["image"]], [], [], []
     history: list[tuple[np.ndarray, np.ndarray]] = []
+    held = info.get("stage_fixed_dims", []) if subgoals else []  # pick-and-place: the grip from the lift on
     warm, reached, subgoal_index = None, False, 0
     for t in range(u.task.step_budget):
         recent = history[max(0, len(history) - (history_len - 1)) :] if history_len > 1 else None
         result = client.plan(obs["image"], goal, history=recent, warm_start=warm, executed_steps=1,
-                             planner={"seed": (seed + 7919 * t) % (2**63)},  # planner eval's seeds
-                             subgoals=subgoals, subgoal_index=subgoal_index,
-                             stage_fixed_dims=info.get("stage_fixed_dims", []) if subgoals else [])
+                             planner={"seed": planning_seed(seed, t)}, subgoals=subgoals,
+                             subgoal_index=subgoal_index, stage_fixed_dims=held)
         subgoal_index = result.subgoal_index
         energies.append(result.current_energy)
         round_trip_ms.append(result.round_trip_ms)

@@ -189,20 +189,20 @@ def test_objective_reductions_and_smoothness():
         ObjectiveConfig(reduce="max")
 
 
-@pytest.mark.parametrize("solver", ["cem", "gd"])
-def test_real_world_model_plans(solver):
-    """A tiny randomly initialised real WorldModel: shapes, finite energies, native bounds, gradients."""
+def tiny_real_agent(solver) -> MPCAgent:
+    """An MPCAgent over a tiny randomly initialised real WorldModel (16x16 images, 8-d latent, horizon 3)."""
     torch.manual_seed(0)
     cfg = WorldModelConfig(image_size=16, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
                            pred_hidden=16)
-    model = WorldModel(cfg).eval()
-    config = {
-        "action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0]},
-        "history_len": 2,
-        "image": {"size": 16},
-        "goal_energy_threshold": 0.1,
-    }
-    ag = MPCAgent(Loaded(model, config, "tiny@0"), make_solver(solver, samples=8, iterations=2), horizon=3)
+    config = {"action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0]},
+              "history_len": 2, "image": {"size": 16}, "goal_energy_threshold": 0.1}
+    return MPCAgent(Loaded(WorldModel(cfg).eval(), config, "tiny@0"), solver, horizon=3)
+
+
+@pytest.mark.parametrize("solver", ["cem", "gd"])
+def test_real_world_model_plans(solver):
+    """A tiny randomly initialised real WorldModel: shapes, finite energies, native bounds, gradients."""
+    ag = tiny_real_agent(make_solver(solver, samples=8, iterations=2))
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (2, 2, 16, 16, 3), dtype=np.uint8)
     z_goal = ag.encode_goal(rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
@@ -256,13 +256,7 @@ def test_holding_agent_keeps_a_stage_dimension_fixed_and_shares_the_model():
     itself; a held dimension stops being binary; a bad value is refused."""
     from planner.solvers import with_fixed_dims
 
-    torch.manual_seed(0)
-    cfg = WorldModelConfig(image_size=16, latent_dim=8, history_len=2, enc_channels=(8, 8), enc_groups=4,
-                           pred_hidden=16)
-    config = {"action": {"dim": 4, "low": [-0.05] * 3 + [-1.0], "high": [0.05] * 3 + [1.0]},
-              "history_len": 2, "image": {"size": 16}, "goal_energy_threshold": 0.1}
-    ag = MPCAgent(Loaded(WorldModel(cfg).eval(), config, "tiny@0"),
-                  make_solver("cem", samples=8, iterations=2, binary_dims=(3,)), horizon=3)
+    ag = tiny_real_agent(make_solver("cem", samples=8, iterations=2, binary_dims=(3,)))
     assert ag.holding({}) is ag
     held = ag.holding({3: 1.0})
     assert held.model is ag.model and held.solver.fixed_dims == ((3, 1.0),) and held.solver.binary_dims == ()
@@ -278,4 +272,3 @@ def test_holding_agent_keeps_a_stage_dimension_fixed_and_shares_the_model():
     assert with_fixed_dims(make_solver("cem"), {}).fixed_dims == ()
     merged = with_fixed_dims(make_solver("cem", fixed_dims=((3, -1.0),)), {3: 1.0, 0: 0.5})
     assert merged.fixed_dims == ((0, 0.5), (3, 1.0))
-
