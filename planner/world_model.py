@@ -40,6 +40,11 @@ class WorldModelConfig:
     coordinates of small objects (the block) then reach the latent linearly. 0: none."""
     enc_keypoint_layer: int = 2
     """1-based encoder layer whose output feeds the keypoints (2: a 16x16 map at 64 px)."""
+    enc_keypoint_latent: bool = False
+    """Keypoints in the latent itself: its last 2P dimensions are the keypoints' coordinates (times a
+    learned per-coordinate scale, so the regularizer can give them unit spread without moving them) and the
+    linear head fills only the first D - 2P. Without it the head mixes the coordinates with the 2,048
+    conv features and a linear readout of the latent no longer finds them (docs/BENCHMARKS.md, session 14)."""
     enc_coords: bool = False
     """CoordConv (Liu et al. 2018): every encoder conv also sees two constant channels holding its input's
     pixel coordinates (x, y in [-1, 1]), so features can carry where a small object is as a value rather
@@ -73,6 +78,9 @@ class WorldModelConfig:
         if self.enc_keypoints < 0 or not 1 <= self.enc_keypoint_layer <= n:
             raise ValueError(f"enc_keypoints must be >= 0 and enc_keypoint_layer in 1..{n}, got "
                              f"{self.enc_keypoints}, {self.enc_keypoint_layer}")
+        if self.enc_keypoint_latent and not 0 < 2 * self.enc_keypoints < self.latent_dim:
+            raise ValueError(f"enc_keypoint_latent needs 0 < 2 * enc_keypoints < latent_dim, got "
+                             f"{self.enc_keypoints} keypoints and latent_dim {self.latent_dim}")
         if any(c % self.enc_groups for c in self.enc_channels):
             raise ValueError(
                 f"enc_channels {self.enc_channels} must be multiples of enc_groups {self.enc_groups}"
@@ -128,7 +136,8 @@ class CoordConv2d(nn.Conv2d):
 class Encoder(nn.Module):
     """images [N,3,S,S] -> z [N,D]: stride-2 conv (CoordConv when cfg.enc_coords) + GroupNorm + SiLU
     layers, then a linear head (fed also with spatial-softmax keypoints [N,2P] of an intermediate layer when
-    cfg.enc_keypoints > 0)."""
+    cfg.enc_keypoints > 0; with cfg.enc_keypoint_latent the head gives z[:, :D-2P] and the scaled
+    keypoints are z[:, D-2P:])."""
 
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
@@ -143,7 +152,9 @@ class Encoder(nn.Module):
         self.keypoint_at = 3 * cfg.enc_keypoint_layer - 1  # index in self.convs of that layer's SiLU
         self.keypoints = (SpatialSoftmax(cfg.enc_channels[cfg.enc_keypoint_layer - 1], cfg.enc_keypoints)
                           if cfg.enc_keypoints else None)
-        self.head = nn.Linear(c_in * side * side + 2 * cfg.enc_keypoints, cfg.latent_dim)
+        in_latent = 2 * cfg.enc_keypoints if cfg.enc_keypoint_latent else 0
+        self.keypoint_scale = nn.Parameter(torch.full((in_latent,), 3.0 ** 0.5)) if in_latent else None
+        self.head = nn.Linear(c_in * side * side + 2 * cfg.enc_keypoints, cfg.latent_dim - in_latent)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.keypoints is None:
@@ -153,7 +164,10 @@ class Encoder(nn.Module):
             x = layer(x)
             if i == self.keypoint_at:
                 keypoints = self.keypoints(x)
-        return self.head(torch.cat([x.flatten(1), keypoints], dim=1))
+        z = self.head(torch.cat([x.flatten(1), keypoints], dim=1))
+        if self.keypoint_scale is None:
+            return z
+        return torch.cat([z, keypoints * self.keypoint_scale], dim=1)
 
 
 class ResidualBlock(nn.Module):

@@ -156,6 +156,29 @@ def test_encoder_with_keypoints_shapes_gradients_and_config_checks():
         WorldModelConfig(**{**SMALL, "enc_keypoints": 4, "enc_keypoint_layer": 5})
 
 
+def test_keypoint_latent_puts_scaled_coordinates_last_and_round_trips():
+    m = small_model(enc_keypoints=4, enc_keypoint_layer=2, enc_keypoint_latent=True)
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    z = m.encode(images)
+    assert z.shape == (3, 16) and m.encoder.head.out_features == 16 - 8
+    enc = m.encoder
+    x = images
+    for i, layer in enumerate(enc.convs):
+        x = layer(x)
+        if i == enc.keypoint_at:
+            keypoints = enc.keypoints(x)
+    torch.testing.assert_close(z[:, 8:], keypoints * 3.0 ** 0.5)
+    z.sum().backward()
+    assert enc.keypoint_scale.grad.abs().sum() > 0
+    clone = WorldModel(WorldModelConfig.from_dict(m.cfg.to_dict()))
+    clone.load_state_dict(m.state_dict())
+    torch.testing.assert_close(clone.encode(images), z.detach())
+    assert small_model(enc_keypoints=4).encoder.keypoint_scale is None
+    for bad in (dict(enc_keypoints=0), dict(enc_keypoints=8)):  # no keypoints; 2P = D leaves the head nothing
+        with pytest.raises(ValueError, match="enc_keypoint_latent"):
+            WorldModelConfig(**{**SMALL, **bad, "enc_keypoint_latent": True})
+
+
 def test_coord_conv_sees_pixel_coordinates():
     conv = CoordConv2d(1, 2, 1, stride=1, padding=0)
     with torch.no_grad():
