@@ -5,8 +5,10 @@ Why (docs/MODEL.md, "Predictor refit"): joint training spends its steps on the e
 predictor small; with the encoder frozen, the latents of a whole store are computed once and the
 predictor trains on them at hundreds of windows per step, with an open-loop loss over the planning
 horizon, without any collapse risk. The encoder, the energy head and the goal-energy calibration are the
-source checkpoint's, unchanged (they depend on the encoder only); the surprise calibration, which depends on
-the predictor, is dropped (rerun `planner surprise --save-calibration`).
+source checkpoint's, unchanged (they depend on the encoder only; --standardize-keypoints rescales the
+encoder's keypoint dimensions and the head's first layer together, which leaves every image's energy reading
+as it was); the surprise calibration, which depends on the predictor, is dropped (rerun `planner surprise
+--save-calibration`).
 
 Data flow: store episodes (--data's training split + every --extra-data episode) -> frozen encoder ->
 latents [sum_i (T_i+1), D] in memory (4 D bytes per frame) -> windows of K + R latents and K + R - 1
@@ -100,6 +102,13 @@ class RefitConfig:
     """torch CPU threads."""
     seed: int = 0
     """Seed of the fresh predictor and of window sampling."""
+    standardize_keypoints: bool = False
+    """With keypoints in the latent (`--model.enc-keypoint-latent`; needs --init fresh): first rescale the
+    latent's keypoint dimensions to unit std over --data's training frames, the energy head compensated (every
+    image's energy reading, and so the goal calibration, stay the same). Trained jointly, those dimensions
+    shrink to a std of about 0.002: the latent loss ignores them, and errors the predictor makes there read
+    through the energy head as centimetres (docs/BENCHMARKS.md, session 15). Members refitted from one source
+    on one --data get the same rescaled encoder, so `planner ensemble` accepts them."""
     member: int | None = None
     """With an ensemble checkpoint (`planner ensemble`): the member whose predictor is refitted (0: the
     base's own); the output holds that one predictor (assemble again with `planner ensemble`). Required
@@ -165,6 +174,8 @@ def _check(cfg: RefitConfig) -> None:
         raise RefitError(f"--init must be checkpoint or fresh, got {cfg.init!r}")
     if cfg.init == "checkpoint" and (cfg.pred_hidden is not None or cfg.pred_blocks is not None):
         raise RefitError("--pred-hidden / --pred-blocks change the predictor's shape: use --init fresh")
+    if cfg.init == "checkpoint" and cfg.standardize_keypoints:
+        raise RefitError("--standardize-keypoints changes the predictor's inputs: use --init fresh")
     if not (cfg.lr > 0 and cfg.grad_clip > 0 and 0 <= cfg.min_lr_ratio <= 1):
         raise RefitError(f"need --lr > 0, --grad-clip > 0 and --min-lr-ratio in [0, 1], got {cfg.lr}, "
                          f"{cfg.grad_clip}, {cfg.min_lr_ratio}")
@@ -188,6 +199,24 @@ def _kstep(model, enc: M.EncodedEpisodes, k_max: int, device) -> dict:
     return ({f"kstep_ratio_k{k}": r.ratio[k - 1] for k in ks}
             | {f"action_sensitivity_k{k}": r.action_sensitivity[k - 1] for k in ks}
             | energy | {"n_windows": r.n_windows})
+
+
+def standardize_keypoints(model, enc_train: M.EncodedEpisodes, n_fit: int,
+                          enc_val: M.EncodedEpisodes) -> torch.Tensor:
+    """Rescale the model's keypoint dimensions to unit std over the first n_fit episodes of enc_train
+    (WorldModel.rescale_keypoint_dims) and the already encoded latents (and goal latents) with them, in place;
+    returns the std before [2P]."""
+    dims = model.keypoint_dims
+    std = torch.cat(enc_train.latents[:n_fit])[:, dims].double().std(dim=0).float()
+    if not bool((std > 1e-8).all()):
+        raise RefitError(f"{int((std <= 1e-8).sum())} keypoint dimensions are constant over the training "
+                         "frames: nothing to standardize")
+    factor = 1.0 / std
+    model.rescale_keypoint_dims(factor)
+    for enc in (enc_train, enc_val):
+        for z in [*enc.latents, *([enc.goal_latents] if enc.goal_latents is not None else [])]:
+            z[:, dims] *= factor
+    return std
 
 
 def energy_variance(model, z: torch.Tensor, device, chunk: int = 8192) -> float:
@@ -241,6 +270,9 @@ def run(cfg: RefitConfig) -> Path | None:
     if cfg.energy_weight > 0 and model.energy_head is None:
         raise RefitError(f"--energy-weight needs an energy head; {cfg.checkpoint} has none (planner "
                          "fit-energy-head)")
+    if cfg.standardize_keypoints and model.keypoint_dims.stop == model.keypoint_dims.start:
+        raise RefitError(f"--standardize-keypoints needs keypoints in the latent; {cfg.checkpoint} has none "
+                         "(`planner train --model.enc-keypoint-latent`)")
     k, r = model.history_len, cfg.rollout_steps
     model.eval().requires_grad_(False)
 
@@ -253,12 +285,14 @@ def run(cfg: RefitConfig) -> Path | None:
 
     enc_train = encode([(store, train_idx), *((st, st.indices()) for st in extra)], "train")
     enc_val = encode([(store, val_idx)], "validation")
-    windows = LatentWindows.from_encoded(enc_train, k + r, cfg.task_motion_threshold)
-    e_scale = energy_variance(model, windows.z, device) if cfg.energy_weight > 0 else 1.0
     k_val = min(r, min(len(z) for z in enc_val.latents) - k)
     if k_val < 1:
         raise RefitError(f"validation episodes are shorter than the history ({k} frames) + 1")
     before = _kstep(model, enc_val, k_val, device)
+    keypoint_std = (standardize_keypoints(model, enc_train, len(train_idx), enc_val)
+                    if cfg.standardize_keypoints else None)
+    windows = LatentWindows.from_encoded(enc_train, k + r, cfg.task_motion_threshold)
+    e_scale = energy_variance(model, windows.z, device) if cfg.energy_weight > 0 else 1.0
 
     arch = replace(model.cfg, pred_hidden=cfg.pred_hidden or model.cfg.pred_hidden,
                    pred_blocks=cfg.pred_blocks or model.cfg.pred_blocks)
@@ -315,7 +349,8 @@ def run(cfg: RefitConfig) -> Path | None:
     after = _kstep(model, enc_val, k_val, device)
     timing = training_time(log_dir / "refit_log.csv", device, cfg.threads)
     extra_episodes = {str(p): len(st) for p, st in zip(cfg.extra_data, extra, strict=True)}
-    path = _write(cfg, model, loaded, before, after, timing, val_source, len(windows.starts), extra_episodes)
+    path = _write(cfg, model, loaded, before, after, timing, val_source, len(windows.starts), extra_episodes,
+                  keypoint_std)
     print(f"wrote {path} ({checkpoint.checkpoint_name(path)}); held-out k-step error / copy-last: "
           f"{_before_after(before, after)}")
     return path
@@ -331,10 +366,10 @@ def _before_after(before: dict, after: dict) -> str:
 
 
 def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: dict, val_source: str,
-           n_windows: int, extra_episodes: dict[str, int]) -> Path:
+           n_windows: int, extra_episodes: dict[str, int], keypoint_std: torch.Tensor | None) -> Path:
     """The source config with the new predictor's record (extra_episodes: --extra-data store -> episodes
-    used); the surprise calibration (predictor-dependent) is dropped, the k-step metrics are replaced by
-    the refit predictor's."""
+    used; keypoint_std: the keypoint dimensions' std before --standardize-keypoints); the surprise
+    calibration (predictor-dependent) is dropped, the k-step metrics are replaced by the refit predictor's."""
     from planner import checkpoint
     from planner.train import config_dict
 
@@ -359,9 +394,17 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
         "time": timing,
         "heldout_before": before,
         "heldout_after": after,
+        **({"keypoint_std_before": [round(float(s), 6) for s in keypoint_std]} if keypoint_std is not None
+           else {}),
     }
     config["commands"] = [*config.get("commands", []), *([command] if command else [])]
     extra_note = "".join(f" + `{p}`" for p in cfg.extra_data)
+    rescale_note = ("; the latent's keypoint dimensions were first rescaled to unit std over the training "
+                    f"frames (they had {float(keypoint_std.median()):.4f} median), the energy head's first "
+                    "layer compensated, so every image's energy reading is unchanged (the latent k-step "
+                    "ratios below are before and after that rescaling; the energy-space errors compare "
+                    "directly)"
+                    if keypoint_std is not None else "")
     energy_note = (f" plus the energy head's-space loss at weight {cfg.energy_weight}"
                    if cfg.energy_weight > 0 else "")
     tail = (f"\n## Predictor refit\n\nThe predictor was trained again for {cfg.steps} steps on the frozen "
@@ -369,8 +412,8 @@ def _write(cfg: RefitConfig, model, loaded, before: dict, after: dict, timing: d
             f"{cfg.rollout_steps}-step "
             f"open-loop loss{energy_note}, init {cfg.init}; {timing['step_seconds'] / 60:.1f} min on "
             f"{timing['device']}); "
-            f"encoder, energy head and goal calibration are `{loaded.name}`'s. Held-out k-step error / "
-            "copy-last: "
+            f"encoder, energy head and goal calibration are `{loaded.name}`'s{rescale_note}. Held-out k-step "
+            "error / copy-last: "
             f"{_before_after(before, after)}.\n")
     checkpoint.save(cfg.out, model, config, card_tail=tail)
     return Path(cfg.out)

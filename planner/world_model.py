@@ -236,6 +236,30 @@ class WorldModel(nn.Module):
         or z itself when the model has none. energy(z, g) = ||energy_embed(z) - energy_embed(g)||_2."""
         return z if self.energy_head is None else self.energy_head(z)
 
+    @property
+    def keypoint_dims(self) -> slice:
+        """z's keypoint coordinates: the last 2P dimensions with cfg.enc_keypoint_latent, else empty."""
+        d, p2 = self.cfg.latent_dim, 2 * self.cfg.enc_keypoints if self.cfg.enc_keypoint_latent else 0
+        return slice(d - p2, d)
+
+    @torch.no_grad()
+    def rescale_keypoint_dims(self, factor: torch.Tensor) -> None:
+        """Multiply z's keypoint dimensions by factor [2P] (through Encoder.keypoint_scale) and divide the
+        energy head's first-layer weights on them by it: every image's energy reading stays the same. The
+        predictor, whose inputs and targets change, must be trained again (planner.refit_predictor)."""
+        dims = self.keypoint_dims
+        if dims.stop == dims.start:
+            raise ValueError("rescale_keypoint_dims needs a model with keypoints in its latent "
+                             "(enc_keypoint_latent)")
+        factor = torch.as_tensor(factor, dtype=torch.float32)
+        if factor.shape != (dims.stop - dims.start,) or not bool((torch.isfinite(factor) & (factor > 0)).all()):
+            raise ValueError(f"factor must be {dims.stop - dims.start} finite positive numbers, got shape "
+                             f"{tuple(factor.shape)}")
+        self.encoder.keypoint_scale.mul_(factor.to(self.encoder.keypoint_scale))
+        if self.energy_head is not None:
+            first = self.energy_head.net[0].weight  # [hidden, D]
+            first[:, dims] /= factor.to(first)
+
     def attach_energy_head(self, head: EnergyHead) -> None:
         """Install a fitted energy head (recorded in cfg, so it saves and loads with the checkpoint)."""
         self.energy_head = head

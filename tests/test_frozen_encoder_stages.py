@@ -192,6 +192,42 @@ def test_extra_data_joins_training_keeps_the_held_out_split_and_must_match(sourc
         run(refit_cfg(store, ckpt, tmp_path / "w", extra_data=(wrong.path,)))
 
 
+def test_standardize_keypoints_unit_std_same_energy_one_encoder_per_source(source, tmp_path):
+    from dataclasses import replace
+
+    from planner import metrics as M
+    from planner.data import split_episodes
+    from planner.store import TrajectoryStore
+    from tests.test_train import MODEL
+
+    store, plain = source
+    torch.manual_seed(0)
+    kp_model = replace(MODEL, enc_keypoints=2, enc_keypoint_latent=True)
+    src = train_run(tiny_cfg(store, tmp_path / "src", model=kp_model))
+    a = run(refit_cfg(store, src, tmp_path / "a", init="fresh", standardize_keypoints=True, steps=10))
+    b = run(refit_cfg(store, src, tmp_path / "b", init="fresh", standardize_keypoints=True, steps=5, seed=1))
+    st = TrajectoryStore.open(store)
+    train_idx, _ = split_episodes(st.indices(), 0.1)  # the tiny run's split (val_fraction 0.1)
+    old, new = checkpoint.load(src).model, checkpoint.load(a).model
+    enc_old, enc_new = (M.encode_episodes(m, st.iter_episodes(train_idx)) for m in (old, new))
+    z_old, z_new = enc_old.all_latents(), enc_new.all_latents()
+    kp = new.keypoint_dims
+    assert kp == slice(12, 16)
+    torch.testing.assert_close(z_new[:, kp].std(0), torch.ones(4), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z_new[:, :12], z_old[:, :12])
+    with torch.no_grad():
+        torch.testing.assert_close(new.energy_embed(z_new), old.energy_embed(z_old), atol=1e-4, rtol=1e-4)
+    rec = checkpoint.read_config(a)["predictor_refit"]
+    assert torch.allclose(torch.tensor(rec["keypoint_std_before"]), z_old[:, kp].std(0), rtol=1e-3)
+    assert "rescaled to unit std" in (a / "card.md").read_text()
+    wa, wb = weights(a), weights(b)  # two members of one source: the same encoder, bit for bit
+    assert all(torch.equal(wa[k], wb[k]) for k in wa if k.startswith("encoder."))
+    with pytest.raises(RefitError, match="use --init fresh"):
+        run(refit_cfg(store, src, tmp_path / "c", standardize_keypoints=True))
+    with pytest.raises(RefitError, match="needs keypoints in the latent"):
+        run(refit_cfg(store, plain, tmp_path / "d", init="fresh", standardize_keypoints=True))
+
+
 def test_latent_windows_stay_inside_episodes():
     from planner.metrics import EncodedEpisodes
 

@@ -179,6 +179,29 @@ def test_keypoint_latent_puts_scaled_coordinates_last_and_round_trips():
             WorldModelConfig(**{**SMALL, **bad, "enc_keypoint_latent": True})
 
 
+def test_rescaling_keypoint_dims_scales_them_and_keeps_the_energy_reading():
+    torch.manual_seed(0)
+    m = small_model(enc_keypoints=4, enc_keypoint_latent=True, energy_head_dim=3, energy_head_hidden=8)
+    images = torch.rand(5, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z, e = m.encode(images), m.energy_embed(m.encode(images))
+    assert m.keypoint_dims == slice(8, 16)
+    factor = torch.linspace(0.5, 400.0, 8)
+    m.rescale_keypoint_dims(factor)
+    with torch.no_grad():
+        z2 = m.encode(images)
+        torch.testing.assert_close(z2[:, :8], z[:, :8])
+        torch.testing.assert_close(z2[:, 8:], z[:, 8:] * factor)
+        torch.testing.assert_close(m.energy_embed(z2), e, atol=1e-5, rtol=1e-4)
+    for bad in (torch.ones(7), torch.tensor([1.0] * 7 + [0.0]), torch.tensor([1.0] * 7 + [float("nan")])):
+        with pytest.raises(ValueError, match="finite positive"):
+            m.rescale_keypoint_dims(bad)
+    plain = small_model(enc_keypoints=4)
+    assert plain.keypoint_dims.start == plain.keypoint_dims.stop
+    with pytest.raises(ValueError, match="enc_keypoint_latent"):
+        plain.rescale_keypoint_dims(torch.ones(8))
+
+
 def test_coord_conv_sees_pixel_coordinates():
     conv = CoordConv2d(1, 2, 1, stride=1, padding=0)
     with torch.no_grad():
