@@ -252,7 +252,8 @@ class WorldModel(nn.Module):
             raise ValueError("rescale_keypoint_dims needs a model with keypoints in its latent "
                              "(enc_keypoint_latent)")
         factor = torch.as_tensor(factor, dtype=torch.float32)
-        if factor.shape != (dims.stop - dims.start,) or not bool((torch.isfinite(factor) & (factor > 0)).all()):
+        valid = bool((torch.isfinite(factor) & (factor > 0)).all())
+        if factor.shape != (dims.stop - dims.start,) or not valid:
             raise ValueError(f"factor must be {dims.stop - dims.start} finite positive numbers, got shape "
                              f"{tuple(factor.shape)}")
         self.encoder.keypoint_scale.mul_(factor.to(self.encoder.keypoint_scale))
