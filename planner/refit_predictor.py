@@ -108,7 +108,8 @@ class RefitConfig:
     image's energy reading, and so the goal calibration, stay the same). Trained jointly, those dimensions
     shrink to a std of about 0.002: the latent loss ignores them, and errors the predictor makes there read
     through the energy head as centimetres (docs/BENCHMARKS.md, session 15). Members refitted from one source
-    on one --data get the same rescaled encoder, so `planner ensemble` accepts them."""
+    on one --data with the same --device and --threads get the same rescaled encoder, so `planner ensemble`
+    accepts them (1 and 2 CPU threads encode 1e-5 apart)."""
     member: int | None = None
     """With an ensemble checkpoint (`planner ensemble`): the member whose predictor is refitted (0: the
     base's own); the output holds that one predictor (assemble again with `planner ensemble`). Required
