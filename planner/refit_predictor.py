@@ -271,7 +271,7 @@ def run(cfg: RefitConfig) -> Path | None:
     if cfg.energy_weight > 0 and model.energy_head is None:
         raise RefitError(f"--energy-weight needs an energy head; {cfg.checkpoint} has none (planner "
                          "fit-energy-head)")
-    if cfg.standardize_keypoints and model.keypoint_dims.stop == model.keypoint_dims.start:
+    if cfg.standardize_keypoints and not model.cfg.latent_keypoint_dims:
         raise RefitError(f"--standardize-keypoints needs keypoints in the latent; {cfg.checkpoint} has none "
                          "(`planner train --model.enc-keypoint-latent`)")
     k, r = model.history_len, cfg.rollout_steps

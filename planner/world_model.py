@@ -88,6 +88,12 @@ class WorldModelConfig:
                 f"enc_channels {self.enc_channels} must be multiples of enc_groups {self.enc_groups}"
             )
 
+    @property
+    def latent_keypoint_dims(self) -> int:
+        """How many of z's dimensions (the last ones) are keypoint coordinates: 2P with enc_keypoint_latent,
+        else 0."""
+        return 2 * self.enc_keypoints if self.enc_keypoint_latent else 0
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["enc_channels"] = list(self.enc_channels)
@@ -154,7 +160,7 @@ class Encoder(nn.Module):
         self.keypoint_at = 3 * cfg.enc_keypoint_layer - 1  # index in self.convs of that layer's SiLU
         self.keypoints = (SpatialSoftmax(cfg.enc_channels[cfg.enc_keypoint_layer - 1], cfg.enc_keypoints)
                           if cfg.enc_keypoints else None)
-        in_latent = 2 * cfg.enc_keypoints if cfg.enc_keypoint_latent else 0
+        in_latent = cfg.latent_keypoint_dims
         self.keypoint_scale = nn.Parameter(torch.full((in_latent,), 3.0 ** 0.5)) if in_latent else None
         self.head = nn.Linear(c_in * side * side + 2 * cfg.enc_keypoints, cfg.latent_dim - in_latent)
 
@@ -239,8 +245,8 @@ class WorldModel(nn.Module):
     @property
     def keypoint_dims(self) -> slice:
         """z's keypoint coordinates: the last 2P dimensions with cfg.enc_keypoint_latent, else empty."""
-        d, p2 = self.cfg.latent_dim, 2 * self.cfg.enc_keypoints if self.cfg.enc_keypoint_latent else 0
-        return slice(d - p2, d)
+        d = self.cfg.latent_dim
+        return slice(d - self.cfg.latent_keypoint_dims, d)
 
     @torch.no_grad()
     def rescale_keypoint_dims(self, factor: torch.Tensor) -> None:
@@ -248,7 +254,7 @@ class WorldModel(nn.Module):
         energy head's first-layer weights on them by it: every image's energy reading stays the same. The
         predictor, whose inputs and targets change, must be trained again (planner.refit_predictor)."""
         dims = self.keypoint_dims
-        if dims.stop == dims.start:
+        if not self.cfg.latent_keypoint_dims:
             raise ValueError("rescale_keypoint_dims needs a model with keypoints in its latent "
                              "(enc_keypoint_latent)")
         factor = torch.as_tensor(factor, dtype=torch.float32)
