@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -109,6 +110,15 @@ class StoreMeta:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def fingerprint(self) -> str:
+        """16 hex digits identifying what was collected: every field but `created_by` and `created_at`.
+
+        Two collections with the same settings (a store re-collected on another day or by another
+        release) get the same fingerprint; checkpoints record it as `training_data.meta_hash`.
+        """
+        settings = {k: v for k, v in self.to_dict().items() if k not in ("created_by", "created_at")}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "meta.json") -> StoreMeta:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import json
 import math
 import os
@@ -601,7 +600,7 @@ def write_checkpoint(cfg: TrainConfig, model: WorldModel, store: TrajectoryStore
                      train_eps: list[int], val_eps: list[int], metrics: dict, threshold: dict,
                      timing: dict) -> Path:
     meta = store.meta
-    meta_hash = hashlib.sha256((store.path / META_FILE).read_bytes()).hexdigest()[:16]
+    meta_hash = meta.fingerprint()
     command = invoked_command("train")
     config = {
         "image": {"size": meta.image_size, "preprocessing": meta.preprocessing},

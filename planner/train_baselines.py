@@ -13,7 +13,6 @@ The checkpoint goes through planner.checkpoint like JEPA's (`model_type` pixel o
 from __future__ import annotations
 
 import csv
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from planner.data import WindowDataset, WindowSpec, episode_lengths, split_episo
 from planner.gcbc import GCBCConfig, GCBCObjectiveConfig, GCBCPolicy, gcbc_loss, relabel
 from planner.pixel_model import PixelObjectiveConfig, PixelWorldModel, pixel_loss, pixel_prediction_error
 from planner.preprocess import images_to_model_input
-from planner.store import META_FILE, StoreError, TrajectoryStore
+from planner.store import StoreError, TrajectoryStore
 from planner.train import (
     CsvLog,
     Dist,
@@ -294,7 +293,7 @@ def write_checkpoint(cfg: BaselineTrainConfig, model: nn.Module, store: Trajecto
                      steps_done: int, train_seconds: float, budget: float | None,
                      budget_seconds_used: float) -> None:
     meta = store.meta
-    meta_hash = hashlib.sha256((store.path / META_FILE).read_bytes()).hexdigest()[:16]
+    meta_hash = meta.fingerprint()
     command = invoked_command("train-baseline")
     training = config_dict(cfg)
     other = "gcbc" if cfg.model_type == "pixel" else "pixel"

@@ -261,3 +261,12 @@ def test_full_disk_on_create_leaves_no_meta(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert list((tmp_path / "s").iterdir()) == []
     TrajectoryStore.create(tmp_path / "s", make_meta())  # retry works: nothing half-written was left
+
+
+def test_fingerprint_ignores_when_and_by_whom_but_not_settings():
+    a = make_meta()
+    b = StoreMeta.from_dict({**a.to_dict(), "created_at": "1999-01-01T00:00:00Z", "created_by": "other"})
+    assert a.fingerprint() == b.fingerprint()
+    assert len(a.fingerprint()) == 16
+    assert make_meta(steps=7).fingerprint() != a.fingerprint()
+    assert StoreMeta.from_dict({**a.to_dict(), "seed": a.seed + 1}).fingerprint() != a.fingerprint()
