@@ -97,6 +97,13 @@ class EnergyHead(nn.Module):
         """z [..., D] -> the last hidden layer [..., hidden], which the readout maps linearly to m(z)."""
         return self.net[:-1](z)
 
+    @torch.no_grad()
+    def rescale_inputs(self, dims: slice, factor: torch.Tensor) -> None:
+        """Divide the first layer's weights on z's dims by factor [len(dims)], so that m reads z with those
+        dimensions multiplied by factor exactly as it read z before."""
+        first = self.net[0].weight  # [hidden, D]
+        first[:, dims] /= factor.to(first)
+
 
 @dataclass
 class EnergyHeadFit:

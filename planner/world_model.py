@@ -253,19 +253,17 @@ class WorldModel(nn.Module):
         """Multiply z's keypoint dimensions by factor [2P] (through Encoder.keypoint_scale) and divide the
         energy head's first-layer weights on them by it: every image's energy reading stays the same. The
         predictor, whose inputs and targets change, must be trained again (planner.refit_predictor)."""
-        dims = self.keypoint_dims
-        if not self.cfg.latent_keypoint_dims:
+        n = self.cfg.latent_keypoint_dims
+        if not n:
             raise ValueError("rescale_keypoint_dims needs a model with keypoints in its latent "
                              "(enc_keypoint_latent)")
         factor = torch.as_tensor(factor, dtype=torch.float32)
         valid = bool((torch.isfinite(factor) & (factor > 0)).all())
-        if factor.shape != (dims.stop - dims.start,) or not valid:
-            raise ValueError(f"factor must be {dims.stop - dims.start} finite positive numbers, got shape "
-                             f"{tuple(factor.shape)}")
+        if factor.shape != (n,) or not valid:
+            raise ValueError(f"factor must be {n} finite positive numbers, got shape {tuple(factor.shape)}")
         self.encoder.keypoint_scale.mul_(factor.to(self.encoder.keypoint_scale))
         if self.energy_head is not None:
-            first = self.energy_head.net[0].weight  # [hidden, D]
-            first[:, dims] /= factor.to(first)
+            self.energy_head.rescale_inputs(self.keypoint_dims, factor)
 
     def attach_energy_head(self, head: EnergyHead) -> None:
         """Install a fitted energy head (recorded in cfg, so it saves and loads with the checkpoint)."""
