@@ -36,7 +36,8 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
     task's, "table" for the block tasks), render_goal (True), camera_offset ((0, 0, 0) metres, shifts the
     camera), camera_turn_deg (0, turns it about the vertical axis), block_rgba (None; block tasks),
     goal_region ("train" | "shifted"; reach), block_scale_range (None, or (low, high): each episode's
-    block is the nominal one times U(low, high); push; training-data randomization, see task_kwargs)."""
+    block is the nominal one times U(low, high); push; training-data randomization, see task_kwargs),
+    and a task's own (the class's `task_kwargs`: push's subgoal_spacing)."""
     if not isinstance(env_id, str):
         raise ValueError(f"env id must be a string, got {env_id!r}")
     if env_id.startswith("gym:"):
@@ -50,10 +51,12 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
         )
     from envs.arm import KWARGS
 
-    unknown = sorted(set(kwargs) - set(KWARGS))
+    env_class = _env_class(env_id)
+    accepted = KWARGS + env_class.task_kwargs
+    unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ValueError(f"{env_id}: unknown kwargs {unknown}; accepted: {', '.join(KWARGS)}")
-    return _env_class(env_id)(**kwargs)
+        raise ValueError(f"{env_id}: unknown kwargs {unknown}; accepted: {', '.join(accepted)}")
+    return env_class(**kwargs)
 
 
 def task_kwargs(kwargs: dict) -> dict:

@@ -128,6 +128,8 @@ class ArmEnv(gym.Env):
     """The task can sample goals from a region outside its training one (kwarg goal_region="shifted")."""
     supports_block_scale: bool = False
     """The task can draw its block's size per episode (kwarg block_scale_range)."""
+    task_kwargs: tuple[str, ...] = ()
+    """Keyword arguments of this task's own constructor, accepted by `make_env` beside `KWARGS`."""
     grip_held_from_stage: int | None = None
     """Planning stage (sub-goal index; the final goal is the last stage) from which planners hold the gripper
     command closed (reset info `stage_fixed_dims`): a grasp made is kept, not re-sampled every step."""

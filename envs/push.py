@@ -7,7 +7,9 @@ the table, gripper closed.
 Sub-goal images (reset info "subgoal_images", in order, like pick-and-place's): the hand above the push
 start point (TRAVEL_HEIGHT_M), the hand lowered behind the block (the push start), and the block pushed
 halfway to the goal with the hand behind it. Each is a short reach for the arm, and moving the hand from
-one to the next along the push line is what pushes the block.
+one to the next along the push line is what pushes the block. `subgoal_spacing` (metres; env kwarg)
+replaces the single halfway point by evenly spaced ones at most that far apart along the push (a 20 cm
+push with 0.05: a quarter, half and three quarters); None keeps the halfway point alone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ ARM_START_HIGH = np.array([0.54, 0.20, 0.28])
 PUSH_REST_BEHIND_M = 0.045
 PUSH_HEIGHT_M = 0.03
 TRAVEL_HEIGHT_M = 0.09
+SUBGOAL_SPACING_RANGE = (0.02, 0.25)
+"""Allowed `subgoal_spacing` (metres): 2 cm (many short stages) to one stage for the longest push."""
 
 
 def sample_block_and_goal(rng: np.random.Generator, min_dist: float, max_dist: float):
@@ -44,6 +48,17 @@ class ArmPushEnv(ArmEnv):
     has_block = True
     default_camera = "table"
     supports_block_scale = True
+    task_kwargs = ("subgoal_spacing",)
+
+    def __init__(self, *, subgoal_spacing: float | None = None, **kwargs) -> None:
+        if subgoal_spacing is not None and not (
+            isinstance(subgoal_spacing, (int, float)) and not isinstance(subgoal_spacing, bool)
+            and SUBGOAL_SPACING_RANGE[0] <= subgoal_spacing <= SUBGOAL_SPACING_RANGE[1]
+        ):
+            raise ValueError(f"subgoal_spacing must be None or metres in {SUBGOAL_SPACING_RANGE}, got "
+                             f"{subgoal_spacing!r}")
+        self.subgoal_spacing = None if subgoal_spacing is None else float(subgoal_spacing)
+        super().__init__(**kwargs)
 
     def _sample_episode(self, rng: np.random.Generator) -> np.ndarray:
         start, goal = sample_block_and_goal(rng, self.task.min_start_distance + 0.005, MAX_PUSH_M)
@@ -62,23 +77,34 @@ class ArmPushEnv(ArmEnv):
         return self.block_position()
 
     def _subgoal_snapshots(self) -> list[np.ndarray]:
-        """Above the push start, at the push start, halfway pushed: three snapshots, no rng draws."""
+        """Above the push start, at the push start, then the block pushed part way (halfway, or every
+        `subgoal_spacing` metres) with the hand behind it; no rng draws."""
         start = self.get_snapshot()
         adr = self.model.joint("block").qposadr[0]
         block_pose = self.data.qpos[adr : adr + 7].copy()
         block, goal = block_pose[:3].copy(), self.goal_task_state
         direction = (goal[:2] - block[:2]) / max(np.linalg.norm(goal[:2] - block[:2]), 1e-9)
         behind = block[:2] - PUSH_REST_BEHIND_M * direction
-        mid = (block[:2] + goal[:2]) / 2.0
+        stages = [(np.append(behind, TRAVEL_HEIGHT_M), block[:2]),
+                  (np.append(behind, PUSH_HEIGHT_M), block[:2])]
+        for fraction in self._push_fractions(float(np.linalg.norm(goal[:2] - block[:2]))):
+            point = block[:2] + fraction * (goal[:2] - block[:2])
+            stages.append((np.append(point - PUSH_REST_BEHIND_M * direction, PUSH_HEIGHT_M), point))
         snaps = []
-        for ee, block_xy in ((np.append(behind, TRAVEL_HEIGHT_M), block[:2]),
-                             (np.append(behind, PUSH_HEIGHT_M), block[:2]),
-                             (np.append(mid - PUSH_REST_BEHIND_M * direction, PUSH_HEIGHT_M), mid)):
+        for ee, block_xy in stages:
             self._place_arm(ee, gripper=1.0)
             self.data.qpos[adr : adr + 7] = np.concatenate([np.append(block_xy, block[2]), block_pose[3:]])
             snaps.append(self.get_snapshot())
         self.set_snapshot(start)
         return snaps
+
+    def _push_fractions(self, push_m: float) -> list[float]:
+        """Fractions of the push (0..1, exclusive) at which the block sub-goals lie: [0.5] by default,
+        else n - 1 evenly spaced ones with n = ceil(push_m / subgoal_spacing) (at least the halfway one)."""
+        if self.subgoal_spacing is None:
+            return [0.5]
+        n = max(2, int(np.ceil(push_m / self.subgoal_spacing - 1e-9)))
+        return [k / n for k in range(1, n)]
 
     def scripted_action(self) -> np.ndarray:
         """Go behind the block (lift, travel, lower), push along block -> goal, re-approach when off line."""

@@ -235,6 +235,29 @@ def test_push_subgoals_above_behind_then_halfway():
     np.testing.assert_array_equal(again["image"], obs["image"])
 
 
+def test_push_subgoal_spacing_places_evenly_spaced_block_subgoals():
+    """`subgoal_spacing` replaces the halfway point by n - 1 evenly spaced block sub-goals, n = ceil(push
+    / spacing), each with the hand behind the block; the episode itself (start, goal, rng) is unchanged."""
+    plain, info0 = envs.make_env("ArmPush-v0", render_goal=False).reset(seed=4)
+    env = envs.make_env("ArmPush-v0", render_goal=False, subgoal_spacing=0.04)
+    obs, info = env.reset(seed=4)
+    np.testing.assert_array_equal(obs["image"], plain["image"])
+    np.testing.assert_array_equal(info["goal_task_state"], info0["goal_task_state"])
+    start, goal = env.unwrapped.task_state()[:2], info["goal_task_state"][:2]
+    n = int(np.ceil(np.linalg.norm(goal - start) / 0.04))
+    assert len(info["subgoal_task_states"]) == 2 + (n - 1) and len(info["stage_fixed_dims"]) == n + 2
+    for k, state in enumerate(info["subgoal_task_states"][2:], start=1):
+        np.testing.assert_allclose(state[:2], start + k / n * (goal - start), atol=1e-6)
+        hand = info["subgoal_proprio"][k + 1][:2]
+        assert (hand - state[:2]) @ (goal - start) < 0  # the hand behind the block
+    steps = np.diff(np.array([s[:2] for s in info["subgoal_task_states"][1:]] + [goal]), axis=0)
+    assert np.linalg.norm(steps, axis=1).max() <= 0.04 + 1e-9
+    with pytest.raises(ValueError, match="subgoal_spacing must be None or metres"):
+        envs.make_env("ArmPush-v0", subgoal_spacing=0.5)
+    with pytest.raises(ValueError, match="unknown kwargs"):
+        envs.make_env("ArmReach-v0", subgoal_spacing=0.05)
+
+
 def test_generalization_kwargs_shifted_reach_goals_and_block_colour():
     from envs.reach import REACH_HIGH, REACH_LOW
 
