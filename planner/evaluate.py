@@ -101,8 +101,9 @@ class EvalConfig:
     follows the same setting, planning through the sub-goals' true states."""
     subgoal_threshold_scale: float = 1.0
     """A sub-goal counts as reached when the current energy is at most this times the checkpoint's
-    goal_energy_threshold (< 1: stricter than the final goal, the hand placed more precisely before the
-    agent moves on; the JSON records it)."""
+    sub-goal threshold (its calibration's `subgoal_threshold` where a weighted final-goal energy recorded
+    one, else goal_energy_threshold; < 1: stricter, the hand placed more precisely before the agent moves
+    on; the JSON records it)."""
     subgoal_patience: int | None = None
     """Give up a sub-goal whose energy has made no progress (a new best by 5%) in this many planning calls
     and plan to the next target (the sub-goal is recorded as skipped, not reached); default: never, wait
