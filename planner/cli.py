@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plots": ("planner.pictures", "PlotsConfig"),
     "compare-chart": ("planner.compare_chart", "CompareChartConfig"),
     "merge-evals": ("planner.merge_evals", "MergeEvalsConfig"),
+    "paired-evals": ("planner.paired_evals", "PairedEvalsConfig"),
     "serve": ("server.serve", "ServeConfig"),  # the service layer sits above planner; named, not imported
 }
 

@@ -294,3 +294,38 @@ def test_episode_outcomes_name_how_each_episode_ended():
     assert episode_outcome(base) == "stuck_before_subgoal_3"
     assert episode_outcome({**base, "subgoal_skipped": [2]}) == "budget"
     assert episode_outcome(dict(success=False, final_distance=0.2)) == "budget"  # random baseline
+
+
+def test_paired_evals_counts_won_and_lost_episodes_by_seed(tmp_path):
+    """Episodes pair by seed across shards and order; McNemar's exact p on 5 won / 0 lost is 2 / 2^5."""
+    import json
+
+    from planner.paired_evals import PairedEvalsConfig, compare, run
+
+    def write(name, successes, distances, seeds, env="ArmPush-v0"):
+        eps = [dict(seed=s, success=ok, final_distance=d, stopped_by_goal_reached=ok)
+               for s, ok, d in zip(seeds, successes, distances, strict=True)]
+        path = tmp_path / name
+        path.write_text(json.dumps(dict(env=env, per_episode=eps)))
+        return str(path)
+
+    seeds = list(range(100, 110))
+    base = write("base.json", [False] * 5 + [True] * 5, [0.10] * 5 + [0.02] * 5, seeds)
+    new_a = write("new_a.json", [True] * 3, [0.03] * 3, seeds[:3][::-1])  # shards, any order
+    new_b = write("new_b.json", [True] * 7 + [False], [0.04] * 7 + [0.2], seeds[3:] + [999])
+    c = compare([base], [new_b, new_a])
+    assert (c["episodes"], c["unpaired"], c["won"], c["lost"]) == (10, 1, 5, 0)
+    assert c["base_success_rate"] == 0.5 and c["new_success_rate"] == 1.0
+    assert c["mcnemar_p"] == pytest.approx(2 / 2**5)
+    assert c["base_outcomes"] == {"budget": 5, "success": 5} and c["new_outcomes"] == {"success": 10}
+    assert c["new_mean_final_distance"] == pytest.approx(0.037)
+    same = compare([base], [base])
+    assert (same["won"], same["lost"], same["mcnemar_p"], same["wilcoxon_p"]) == (0, 0, 1.0, 1.0)
+    run(PairedEvalsConfig(base=(base,), new=(new_a, new_b), json=str(tmp_path / "c.json")))
+    assert json.loads((tmp_path / "c.json").read_text())["won"] == 5
+    with pytest.raises(ValueError, match="share no episode seed"):
+        compare([base], [write("far.json", [True], [0.0], [5])])
+    with pytest.raises(ValueError, match="different envs"):
+        compare([base], [write("reach.json", [True], [0.0], [100], env="ArmReach-v0")])
+    with pytest.raises(ValueError, match="appears twice"):
+        compare([base, base], [new_a])
