@@ -111,7 +111,8 @@ class EvalConfig:
     open_loop_check: bool = False
     """Diagnose model exploitation: at every planning call also run the chosen plan's whole horizon open
     loop in a copy of the simulator and record the energy its real final frame has to the current target
-    beside the energy the planner imagined (per episode `open_loop`, summary `open_loop_check`; the
+    beside the energy the planner imagined (per episode `open_loop`, summary `open_loop_check`, and per
+    episode outcome `open_loop_check_by_outcome`; the
     episodes themselves are unchanged; about 1.3x the time)."""
     baselines: bool = False
     """Also run the random and true-simulator baselines on the same seeds."""
@@ -271,6 +272,9 @@ def summarize(records: list[dict]) -> dict:
     triples = [c for r in records for c in r.get("open_loop", [])]
     if triples:
         out["open_loop_check"] = open_loop_summary(triples)
+        by_outcome = {k: [c for r, o in zip(records, outcomes, strict=True) if o == k
+                          for c in r.get("open_loop", [])] for k in out["outcomes"]}
+        out["open_loop_check_by_outcome"] = {k: open_loop_summary(v) for k, v in by_outcome.items() if v}
     return {**out, "per_episode": records}
 
 

@@ -72,6 +72,9 @@ def test_open_loop_check_records_imagined_and_real_without_changing_the_episodes
     assert summary["calls"] == sum(e["steps"] for e in checked["per_episode"])
     assert set(summary) >= {"imagined_median", "real_median", "optimism_median",
                             "really_improving_of_imagined"}
+    by_outcome = checked["open_loop_check_by_outcome"]
+    assert set(by_outcome) <= set(checked["outcomes"])
+    assert sum(s["calls"] for s in by_outcome.values()) == summary["calls"]
     assert "open_loop_check" not in plain and "open_loop" not in plain["per_episode"][0]
 
 
