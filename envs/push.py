@@ -83,12 +83,14 @@ class ArmPushEnv(ArmEnv):
         adr = self.model.joint("block").qposadr[0]
         block_pose = self.data.qpos[adr : adr + 7].copy()
         block, goal = block_pose[:3].copy(), self.goal_task_state
-        direction = (goal[:2] - block[:2]) / max(np.linalg.norm(goal[:2] - block[:2]), 1e-9)
+        push = goal[:2] - block[:2]
+        length = float(np.linalg.norm(push))
+        direction = push / max(length, 1e-9)
         behind = block[:2] - PUSH_REST_BEHIND_M * direction
         stages = [(np.append(behind, TRAVEL_HEIGHT_M), block[:2]),
                   (np.append(behind, PUSH_HEIGHT_M), block[:2])]
-        for fraction in self._push_fractions(float(np.linalg.norm(goal[:2] - block[:2]))):
-            point = block[:2] + fraction * (goal[:2] - block[:2])
+        for fraction in self._push_fractions(length):
+            point = block[:2] + fraction * push
             stages.append((np.append(point - PUSH_REST_BEHIND_M * direction, PUSH_HEIGHT_M), point))
         snaps = []
         for ee, block_xy in stages:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.pictures import pyplot, read_eval_json, save_figure, wilson_interval
+from planner.evaluate import read_eval_json
+from planner.pictures import pyplot, save_figure, wilson_interval
 
 
 @dataclass

@@ -272,9 +272,11 @@ def summarize(records: list[dict]) -> dict:
     triples = [c for r in records for c in r.get("open_loop", [])]
     if triples:
         out["open_loop_check"] = open_loop_summary(triples)
-        by_outcome = {k: [c for r, o in zip(records, outcomes, strict=True) if o == k
-                          for c in r.get("open_loop", [])] for k in out["outcomes"]}
-        out["open_loop_check_by_outcome"] = {k: open_loop_summary(v) for k, v in by_outcome.items() if v}
+        by_outcome: dict[str, list] = {}
+        for r, o in zip(records, outcomes, strict=True):
+            by_outcome.setdefault(o, []).extend(r.get("open_loop", []))
+        out["open_loop_check_by_outcome"] = {k: open_loop_summary(v)
+                                             for k, v in sorted(by_outcome.items()) if v}
     return {**out, "per_episode": records}
 
 
@@ -570,6 +572,17 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 def _rounded(ms: list[float]) -> list[float]:
     return [round(float(m), 2) for m in ms]
+
+
+def read_eval_json(path: str | os.PathLike, keys: tuple[str, ...]) -> dict:
+    """A `planner eval --json` result that has `keys`; a clear error naming the file otherwise."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read an eval JSON: {e}") from e
+    if not isinstance(d, dict) or any(k not in d for k in keys):
+        raise ValueError(f"{path}: not a `planner eval --json` result (needs keys {', '.join(keys)})")
+    return d
 
 
 def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:

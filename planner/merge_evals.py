@@ -10,11 +10,10 @@ times the episodes recorded (`plan_ms`; results written before that field existe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.evaluate import summarize, write_json_atomic
+from planner.evaluate import read_eval_json, summarize, write_json_atomic
 
 PROTOCOL_KEYS = ("env", "env_kwargs", "camera_offset", "checkpoint_sha256", "solver", "samples",
                  "iterations", "horizon", "model_type", "objective", "seed", "success_threshold",
@@ -73,12 +72,7 @@ def merge(paths: list[str | Path]) -> dict:
     """Merged results object of the shards at `paths` (DESIGN 3 contract, plus `merged_from`)."""
     if len(paths) < 2:
         raise ValueError(f"merge-evals needs at least two shards, got {len(paths)}")
-    shards = []
-    for p in paths:
-        try:
-            shards.append((str(p), json.loads(Path(p).read_text())))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read the results JSON {p}: {e}") from e
+    shards = [(str(p), read_eval_json(p, ("per_episode",))) for p in paths]
     _check_same("agent", shards, PROTOCOL_KEYS)
     firsts = [int(res.get("first_episode", 0)) for _, res in shards]
     records = _join("agent", [(p, res, f) for (p, res), f in zip(shards, firsts, strict=True)])

@@ -13,12 +13,10 @@ Each side may be several shards or ranges (`--base A.json B.json`); episodes are
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
-from planner.evaluate import episode_outcome, write_json_atomic
+from planner.evaluate import episode_outcome, read_eval_json, write_json_atomic
 
 
 @dataclass
@@ -37,14 +35,11 @@ def load_episodes(paths: tuple[str, ...] | list[str]) -> tuple[str, dict[int, di
     """(env id, {episode seed: agent episode record}) of one side; all files must share the env."""
     env, episodes = None, {}
     for p in paths:
-        try:
-            res = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read the results JSON {p}: {e}") from e
+        res = read_eval_json(p, ("env", "per_episode"))
         if env is not None and res.get("env") != env:
             raise ValueError(f"{p} evaluates {res.get('env')!r}, the other files of its side {env!r}")
         env = res.get("env")
-        for rec in res.get("per_episode", []):
+        for rec in res["per_episode"]:
             if rec["seed"] in episodes:
                 raise ValueError(f"{p}: episode seed {rec['seed']} appears twice on one side")
             episodes[rec["seed"]] = rec

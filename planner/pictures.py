@@ -23,7 +23,6 @@ Each picture has a function that computes its numbers and one that renders them 
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from planner.evaluate import read_eval_json
 from planner.mpc import MPCAgent, Plan, pad_history
 from planner.objectives import make_objective
 from planner.planner_defaults import PlannerDefaults
@@ -299,17 +299,6 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
 
 
 SWEEP_KEYS = ("solver", "samples", "success_rate", "episodes")
-
-
-def read_eval_json(path: str | os.PathLike, keys: tuple[str, ...]) -> dict:
-    """A `planner eval --json` result that has `keys`; a clear error naming the file otherwise."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read an eval JSON: {e}") from e
-    if not isinstance(d, dict) or any(k not in d for k in keys):
-        raise ValueError(f"{path}: not a `planner eval --json` result (needs keys {', '.join(keys)})")
-    return d
 
 
 def read_sweeps(paths: list[str | os.PathLike]) -> dict[str, BudgetCurve]:
