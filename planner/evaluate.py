@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from planner.mpc import MPCAgent, SubgoalPatience, pad_history, plan_through_subgoals, stage_agents
-from planner.objectives import ObjectiveConfig, energy, energy_space, horizon_weights
+from planner.objectives import ApproachColumns, ObjectiveConfig, energy, energy_space, horizon_weights
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import Preprocessing, preprocess_image
 from planner.seeding import episode_seed, planning_seed
@@ -88,6 +88,11 @@ class EvalConfig:
     disagreement: float | None = None
     """Weight of the ensemble members' disagreement in the cost (planner.objectives; needs an ensemble
     checkpoint; default: the checkpoint's `planner` entry, else 0)."""
+    approach: float | None = None
+    """Weight of the push-approach term (planner.objectives.ObjectiveConfig.approach; needs a state energy
+    head; default: the checkpoint's `planner` entry, else 0)."""
+    approach_offset: float | None = None
+    """Metres behind the block of the approach term's point (default: ObjectiveConfig's 0.045)."""
     max_steps: int | None = None
     """Cap on steps per episode below the task's step budget (smoke tests); default: the budget."""
     stop_on_goal: bool = True
@@ -189,10 +194,24 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, targ
     """objective(actions float[1,S,H,A]) -> cost float[1,S]: the task distance after each simulated step,
     reduced over the horizon with the same weights as the latent objective (a final-step-only cost lets
     MPC put off moving: measured 0% at the agent's budget). `target` (proprio, task_state) of a sub-goal
-    scores `subgoal_distance` to it instead."""
+    scores `subgoal_distance` to it instead. The agent's approach term (`reduce.approach`) is added on the
+    true hand and block positions, so the ceiling plans with the agent's own cost."""
+
+    approach = reduce.approach
+    if approach > 0 and not getattr(env.unwrapped, "has_block", False):
+        raise ValueError("the approach term needs a block task (ArmPush-v0, ArmPickPlace-v0)")
+    columns = ApproachColumns(hand=(0, 1), block=(3, 4))  # of [hand xyz, block xyz] in metres
+    if approach > 0:
+        goal_block = np.asarray(env.unwrapped.goal_task_state if target is None else target[1])[:3]
+        goal_state = torch.as_tensor(np.concatenate([np.zeros(3), goal_block]), dtype=torch.float32)
 
     def distance(u) -> float:
-        return u.distance() if target is None else u.subgoal_distance(*target)
+        d = u.distance() if target is None else u.subgoal_distance(*target)
+        if approach > 0:  # the agent's approach term on the true hand and block positions
+            state = torch.as_tensor(np.concatenate([u.ee_position(), u.block_position()]),
+                                    dtype=torch.float32)
+            d += approach * float(columns.approach_distance(state, goal_state, reduce.approach_offset))
+        return d
 
     def objective(actions: torch.Tensor) -> torch.Tensor:
         acts = actions.detach().cpu().numpy()[0]
@@ -482,7 +501,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     solver_cfg, horizon = defaults.resolve(cfg.solver, cfg.horizon, cfg.samples, cfg.iterations,
                                            cfg.binary_dims, cfg.fixed_dims)
     objective = defaults.objective(space=cfg.objective_space, reduce=cfg.objective_reduce,
-                                   disagreement=cfg.disagreement)
+                                   disagreement=cfg.disagreement, approach=cfg.approach,
+                                   approach_offset=cfg.approach_offset)
     agent = make_agent(loaded, cfg, solver_cfg, horizon, objective)
     is_policy = ck["model_type"] == "gcbc"
     if cfg.open_loop_check and (is_policy or not hasattr(env.unwrapped, "get_snapshot")):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from planner.objectives import ObjectiveConfig, energy, energy_space, make_objective
+from planner.objectives import ApproachColumns, ObjectiveConfig, energy, energy_space, make_objective
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import images_to_model_input
 from planner.solvers import (
@@ -168,6 +168,7 @@ class MPCAgent:
         self.subgoal_energy_threshold = self.goal_energy_threshold if subgoal is None else float(subgoal)
         weights = goal_energy_weights(calibration, getattr(self.model, "cfg", None))
         self.goal_energy_weights = None if weights is None else weights.to(self.device)
+        self.approach_columns = ApproachColumns.from_config(cfg)
 
     def with_planner(
         self,
@@ -277,7 +278,8 @@ class MPCAgent:
         if self.goal_energy_weights is not None and to_goal.any() and self.objective.space == "latent":
             weights = torch.ones(b, len(self.goal_energy_weights), device=self.device)
             weights[torch.as_tensor(to_goal, device=self.device)] = self.goal_energy_weights
-        objective = make_objective(self.model, z, a_prev, goal, self.objective, energy_weights=weights)
+        objective = make_objective(self.model, z, a_prev, goal, self.objective, energy_weights=weights,
+                                   approach_columns=self.approach_columns)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         sol = solve(objective, self.solver, batch=b, horizon=self.horizon, action_dim=a_dim,
                     init=init, generator=gen, device=self.device)

@@ -40,6 +40,15 @@ class ObjectiveConfig:
     """w > 0: every ensemble member (a model with pred_ensemble > 1) imagines each candidate, and the cost is
     mean_m c_m + w * std_m c_m over the members' costs c_m, so that a plan only some members believe in
     costs more (a search exploits one model's errors; docs/PLANNING.md). 0: member 0 alone."""
+    approach: float = 0.0
+    """w > 0 (a state energy head that reads the hand's and the object's xy, `ApproachColumns`): add w times
+    the distance from the imagined hand's xy to the point `approach_offset` behind the imagined block on the
+    line from the block to the goal's block, the push's pre-contact point, scaled down linearly when the
+    block is within `approach_offset` of the goal; reduced over the horizon like the distance. A pushing
+    plan whose hand is not behind the block costs more, so the search prefers going round the block to
+    pushes the model only imagines (docs/PLANNING.md, "Approach term"). 0: off."""
+    approach_offset: float = 0.045
+    """Metres behind the block's centre of the approach term's point (the push's resting hand distance)."""
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
@@ -54,6 +63,47 @@ class ObjectiveConfig:
             raise ValueError(f"objective smoothness must be >= 0, got {self.smoothness}")
         if not 0.0 <= self.disagreement < float("inf"):
             raise ValueError(f"objective disagreement must be a finite number >= 0, got {self.disagreement}")
+        if not 0.0 <= self.approach < float("inf"):
+            raise ValueError(f"objective approach must be a finite number >= 0, got {self.approach}")
+        if not 0.0 < self.approach_offset < 1.0:
+            raise ValueError(f"objective approach_offset must be in (0, 1) metres, got "
+                             f"{self.approach_offset}")
+
+
+@dataclass(frozen=True)
+class ApproachColumns:
+    """Where a state energy head's readout holds the hand's and the block's xy (planner.energy_head: the
+    first `proprio_dims` columns are proprio times `hand_scale`, then the task state times `block_scale`)."""
+
+    hand: tuple[int, int]
+    block: tuple[int, int]
+    hand_scale: float = 1.0
+    block_scale: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: dict) -> ApproachColumns | None:
+        """From a checkpoint config's `energy_head_fit` (a `state` head with >= 2 proprio columns, the end
+        effector's x, y first, and >= 2 task-state columns, the block's x, y first); None otherwise."""
+        fit = ((config.get("energy_head_fit") or {}).get("config")) or {}
+        e_dim = int((config.get("architecture") or {}).get("energy_head_dim", 0) or 0)
+        p = int(fit.get("state_proprio_dims", 0) or 0)
+        if fit.get("kind") != "state" or p < 2 or e_dim < p + 2:
+            return None
+        w_p, w_t = (float(w) for w in fit.get("state_weights", (1.0, 1.0)))
+        if w_p <= 0 or w_t <= 0:
+            return None
+        return cls(hand=(0, 1), block=(p, p + 1), hand_scale=w_p, block_scale=w_t)
+
+    def approach_distance(self, e: torch.Tensor, e_goal: torch.Tensor, offset: float) -> torch.Tensor:
+        """Readouts e [..., E] (imagined), e_goal [..., E] (broadcast) -> [...]: metres from the hand's xy to
+        the point `offset` behind the block on the block -> goal line, times min(1, block-goal / offset)."""
+        hand = e[..., list(self.hand)] / self.hand_scale
+        block = e[..., list(self.block)] / self.block_scale
+        to_goal = e_goal[..., list(self.block)] / self.block_scale - block
+        dist = torch.linalg.vector_norm(to_goal, dim=-1, keepdim=True)
+        pre = block - offset * to_goal / dist.clamp_min(1e-6)
+        gate = (dist[..., 0] / offset).clamp(max=1.0)
+        return torch.linalg.vector_norm(hand - pre, dim=-1) * gate
 
 
 def energy(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
@@ -103,19 +153,25 @@ def make_objective(
     z_goal: torch.Tensor,
     cfg: ObjectiveConfig,
     energy_weights: torch.Tensor | None = None,
+    approach_columns: ApproachColumns | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """objective(actions float[B,S,H,A] normalized) -> cost float[B,S].
 
     model: has `rollout(z_hist [B,K,D], a_prev [B,K-1,A], actions [B,S,H,A]) -> z [B,S,H,D]` (and, for
     cfg.disagreement > 0, `rollout_members` -> [M,B,S,H,D]).
     z_hist [B,K,D] latest latents, a_prev [B,K-1,A] normalized actions between them, z_goal [B,D];
-    energy_weights float[B,E] (latent space only): per-problem weights of the energy space's columns.
+    energy_weights float[B,E] (latent space only): per-problem weights of the energy space's columns;
+    approach_columns: the readout's hand and block columns, needed when cfg.approach > 0.
     Differentiable in `actions` (for gradient-based solvers).
     """
     members = getattr(getattr(model, "cfg", None), "pred_ensemble", 1)
     if cfg.disagreement > 0 and (members < 2 or cfg.space != "latent"):
         raise ValueError(f"objective disagreement > 0 needs an ensemble of predictors (`planner ensemble`) "
                          f"and space 'latent'; this model has {members} predictor(s), space {cfg.space!r}")
+    if cfg.approach > 0 and (approach_columns is None or cfg.space != "latent"):
+        raise ValueError("objective approach > 0 needs space 'latent' and a state energy head that reads the "
+                         "hand's and the block's xy (planner fit-energy-head --energy-head.kind state with "
+                         "--energy-head.state-proprio-dims >= 2)")
     if cfg.space == "pixel":
         if not hasattr(model, "decode"):
             raise ValueError(f"objective space 'pixel' needs a model with decode (a pixel checkpoint); "
@@ -126,6 +182,8 @@ def make_objective(
         embed = energy_space(model, energy_weights)
         with torch.no_grad():
             goal = embed(z_goal)[:, None, None, :]  # [B,1,1,E]
+            if cfg.approach > 0:
+                raw_goal = model.energy_embed(z_goal)[:, None, None, :]  # unweighted: metres
 
     def distance(z: torch.Tensor) -> torch.Tensor:
         """[B,S,H',D] -> [B,S,H'] in the objective's space."""
@@ -135,9 +193,18 @@ def make_objective(
         per_pixel = latent_distance(frames, goal, cfg.distance)
         return per_pixel / (frames.shape[-1] ** 0.5 if cfg.distance == "l2" else frames.shape[-1])
 
+    def per_step(z: torch.Tensor) -> torch.Tensor:
+        """[B,S,H',D] -> [B,S,H']: the distance plus the approach term."""
+        if cfg.approach <= 0:
+            return distance(z)
+        raw = model.energy_embed(z)  # [B,S,H',E], read once for both terms
+        e = raw if energy_weights is None else raw * energy_weights.view(raw.shape[0], 1, 1, -1)
+        term = approach_columns.approach_distance(raw, raw_goal, cfg.approach_offset)
+        return latent_distance(e, goal, cfg.distance) + cfg.approach * term
+
     def reduced(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Imagined latents [B,S,H,D] -> cost [B,S] over the horizon."""
-        return distance(z[:, :, -1:])[:, :, 0] if cfg.reduce == "final" else (distance(z) * w).sum(-1)
+        return per_step(z[:, :, -1:])[:, :, 0] if cfg.reduce == "final" else (per_step(z) * w).sum(-1)
 
     def objective(actions: torch.Tensor) -> torch.Tensor:
         w = horizon_weights(actions.shape[2], cfg, device=actions.device)

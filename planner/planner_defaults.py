@@ -44,6 +44,9 @@ class PlannerDefaults:
     disagreement: float | None = None
     """Weight of the ensemble members' disagreement in the cost (planner.objectives.ObjectiveConfig; an
     ensemble checkpoint only; None: 0)."""
+    approach: float | None = None
+    """Weight of the push-approach term in the cost (planner.objectives.ObjectiveConfig.approach; a state
+    energy head only; None: 0)."""
     binary_dims: tuple[int, ...] | None = None
     """Action dimensions every solver snaps to their bounds (planner.solvers.SolverConfig.binary_dims; the
     arm's gripper, 3, which the training data only opened or closed fully); None: none."""
@@ -66,6 +69,9 @@ class PlannerDefaults:
         if self.disagreement is not None and (isinstance(self.disagreement, bool) or not isinstance(
                 self.disagreement, (int, float)) or not 0 <= self.disagreement < float("inf")):
             raise ValueError(f"planner.disagreement must be a finite number >= 0, got {self.disagreement!r}")
+        if self.approach is not None and (isinstance(self.approach, bool) or not isinstance(
+                self.approach, (int, float)) or not 0 <= self.approach < float("inf")):
+            raise ValueError(f"planner.approach must be a finite number >= 0, got {self.approach!r}")
         if self.binary_dims is not None:
             if not isinstance(self.binary_dims, (list, tuple)):
                 raise ValueError(f"planner.binary_dims must be a list of action dimensions, got "
@@ -107,9 +113,10 @@ class PlannerDefaults:
         return out
 
     def objective(self, **overrides) -> ObjectiveConfig:
-        """The planning objective: ObjectiveConfig's defaults, this checkpoint's disagreement weight, then
-        `overrides` (None values ignored)."""
-        kw = {} if self.disagreement is None else {"disagreement": float(self.disagreement)}
+        """The planning objective: ObjectiveConfig's defaults, this checkpoint's disagreement and approach
+        weights, then `overrides` (None values ignored)."""
+        kw = {k: float(v) for k, v in (("disagreement", self.disagreement), ("approach", self.approach))
+              if v is not None}
         return ObjectiveConfig(**kw | {k: v for k, v in overrides.items() if v is not None})
 
     def resolve(self, solver: str | None = None, horizon: int | None = None, samples: int | None = None,

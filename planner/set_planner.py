@@ -16,6 +16,7 @@ from pathlib import Path
 
 import tyro
 
+from planner.objectives import ApproachColumns
 from planner.planner_defaults import CONFIG_KEY, PlannerDefaults
 from planner.solvers import validate_action_dims
 
@@ -27,8 +28,8 @@ class SetPlannerConfig:
     checkpoint: Path
     """Checkpoint directory to update."""
     settings: tyro.conf.OmitArgPrefixes[PlannerDefaults] = field(default_factory=PlannerDefaults)
-    """The entry to store (flags --solver, --horizon, --samples, --iterations, --disagreement, --binary-dims,
-    --fixed-dims, --evidence;
+    """The entry to store (flags --solver, --horizon, --samples, --iterations, --disagreement, --approach,
+    --binary-dims, --fixed-dims, --evidence;
     --evidence is required unless --clear)."""
     clear: bool = False
     """Remove the entry: the checkpoint plans with the planner-wide defaults again."""
@@ -46,7 +47,7 @@ def run(cfg: SetPlannerConfig) -> dict:
     if not cfg.clear:
         if not given:
             raise ValueError("give at least one of --solver, --horizon, --samples, --iterations, "
-                             "--disagreement, --binary-dims, --fixed-dims (or --clear)")
+                             "--disagreement, --approach, --binary-dims, --fixed-dims (or --clear)")
         if not evidence:
             raise ValueError("--evidence is required: say which measurement chose these settings")
     settings = None if cfg.clear else PlannerDefaults(**given, evidence=evidence)
@@ -55,6 +56,9 @@ def run(cfg: SetPlannerConfig) -> dict:
     if entry.get("disagreement") and getattr(loaded.model.cfg, "pred_ensemble", 1) < 2:
         raise ValueError(f"--disagreement needs an ensemble checkpoint (`planner ensemble`); {loaded.name} "
                          "has one predictor")
+    if entry.get("approach") and ApproachColumns.from_config(loaded.config) is None:
+        raise ValueError(f"--approach needs a state energy head that reads the hand's and the block's xy; "
+                         f"{loaded.name} has none (planner fit-energy-head --energy-head.kind state)")
     if settings is not None:
         validate_action_dims(settings.binary_dims or (), (settings.fixed_dims or {}).items(),
                              int(loaded.config["action"]["dim"]))

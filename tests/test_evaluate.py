@@ -123,6 +123,38 @@ def test_simulator_ceiling_plans_through_subgoal_states():
     env.close()
 
 
+def test_simulator_objective_adds_the_approach_term_on_the_true_state():
+    """The ceiling plans with the agent's cost: with approach w the cost of a plan grows by w times the
+    term read on the simulated hand and block (held still here: a zero action sequence)."""
+    import torch
+
+    from envs import make_env
+    from planner.evaluate import simulator_objective
+    from planner.objectives import ApproachColumns, ObjectiveConfig
+
+    env = make_env("ArmPush-v0", render_goal=False)
+    u = env.unwrapped
+    env.reset(seed=3)
+    snap = u.get_snapshot()
+    hold = torch.zeros(1, 1, 2, 4)
+    hold[..., 3] = 1.0  # gripper closed, as at reset
+    plain = simulator_objective(env, snap, ObjectiveConfig())(hold)[0, 0].item()
+    both = simulator_objective(env, snap, ObjectiveConfig(approach=2.0))(hold)[0, 0].item()
+    after = snap.copy()
+    u.set_snapshot(snap)
+    state = torch.as_tensor(np.concatenate([u.ee_position(), u.block_position()]), dtype=torch.float32)
+    goal = torch.as_tensor(np.concatenate([np.zeros(3), u.goal_task_state]), dtype=torch.float32)
+    term = ApproachColumns(hand=(0, 1), block=(3, 4)).approach_distance(state, goal, 0.045).item()
+    assert term > 0.01 and both - plain == pytest.approx(2.0 * term, abs=2e-3)
+    np.testing.assert_array_equal(u.get_snapshot(), after)  # the objective restores the state
+    reach = make_env("ArmReach-v0", render_goal=False)
+    reach.reset(seed=0)
+    with pytest.raises(ValueError, match="needs a block task"):
+        simulator_objective(reach, reach.unwrapped.get_snapshot(), ObjectiveConfig(approach=1.0))
+    env.close()
+    reach.close()
+
+
 def test_simulator_ceiling_holds_each_stages_fixed_dims():
     """With the grip held from the first stage on, every executed gripper command is closed (finger target
     0); pick-and-place's own holds start at the lift, so two steps into the pre-grasp nothing is held, and

@@ -8,7 +8,7 @@ import torch
 
 from planner.checkpoint import Loaded
 from planner.mpc import ActionSpec, MPCAgent, WarmStart, pad_history
-from planner.objectives import ObjectiveConfig, horizon_weights, make_objective
+from planner.objectives import ApproachColumns, ObjectiveConfig, horizon_weights, make_objective
 from planner.solvers import make_solver
 from planner.world_model import WorldModel, WorldModelConfig
 
@@ -187,6 +187,63 @@ def test_objective_reductions_and_smoothness():
     assert w.sum().item() == pytest.approx(1.0) and w[-1] > w[0]
     with pytest.raises(ValueError, match="reduce must be one of"):
         ObjectiveConfig(reduce="max")
+
+
+class ReadoutModel:
+    """Latent = a state head's readout [hand x, y, z, block x, y, z]; rollout holds it (actions unused)."""
+
+    def energy_embed(self, z):
+        return z
+
+    def rollout(self, z_hist, a_prev, actions):  # -> [B,S,H,D]: the latest latent at every step
+        return z_hist[:, -1][:, None, None, :].expand(-1, actions.shape[1], actions.shape[2], -1)
+
+
+STATE_HEAD_CONFIG = {"architecture": {"energy_head_dim": 6},
+                     "energy_head_fit": {"config": {"kind": "state", "state_proprio_dims": 3,
+                                                    "state_weights": [1.0, 2.0]}}}
+
+
+def test_approach_columns_come_from_a_state_head_only():
+    cols = ApproachColumns.from_config(STATE_HEAD_CONFIG)
+    assert (cols.hand, cols.block, cols.hand_scale, cols.block_scale) == ((0, 1), (3, 4), 1.0, 2.0)
+    learned = {"architecture": {"energy_head_dim": 16}, "energy_head_fit": {"config": {"kind": "learned"}}}
+    assert ApproachColumns.from_config(learned) is None
+    assert ApproachColumns.from_config({}) is None
+    no_hand = {"architecture": {"energy_head_dim": 3},
+               "energy_head_fit": {"config": {"kind": "state", "state_proprio_dims": 0}}}
+    assert ApproachColumns.from_config(no_hand) is None
+
+
+def test_approach_term_prefers_the_hand_behind_the_block():
+    cols = ApproachColumns.from_config(STATE_HEAD_CONFIG)
+    goal = torch.tensor([[0.0, 0.0, 0.0, 0.4, 0.0, 0.0]])  # block goal at x = 0.4 (readout x2: 0.2 m)
+    behind = torch.tensor([0.055, 0.0, 0.03, 0.2, 0.0, 0.0])  # block at 0.1 m, hand 4.5 cm behind it
+    beside = torch.tensor([0.1, 0.06, 0.03, 0.2, 0.0, 0.0])  # hand 6 cm to the block's side
+    assert cols.approach_distance(behind, goal[0], 0.045).item() == pytest.approx(0.0, abs=1e-6)
+    expected = float(np.hypot(0.045, 0.06))
+    assert cols.approach_distance(beside, goal[0], 0.045).item() == pytest.approx(expected, abs=1e-6)
+    near = torch.tensor([0.1, 0.06, 0.03, 0.36, 0.0, 0.0])  # block 2 cm from its goal: term scaled 2/4.5
+    hand_to_pre = float(np.hypot(0.18 - 0.045 - 0.1, 0.06))
+    assert cols.approach_distance(near, goal[0], 0.045).item() == pytest.approx(hand_to_pre * 0.02 / 0.045,
+                                                                                rel=1e-5)
+    at_goal = torch.tensor([0.1, 0.06, 0.03, 0.4, 0.0, 0.0])
+    assert cols.approach_distance(at_goal, goal[0], 0.045).item() == pytest.approx(0.0, abs=1e-6)
+
+    acts = torch.zeros(1, 1, 3, A)
+    costs = {}
+    for name, readout in (("behind", behind), ("beside", beside)):
+        z = readout.expand(1, K, 6).clone()
+        plain = make_objective(ReadoutModel(), z, z[:, :1, :A], goal, ObjectiveConfig())(acts)[0, 0]
+        costs[name] = make_objective(ReadoutModel(), z, z[:, :1, :A], goal, ObjectiveConfig(approach=2.0),
+                                     approach_columns=cols)(acts)[0, 0] - plain
+    assert costs["behind"].item() == pytest.approx(0.0, abs=1e-6)
+    assert costs["beside"].item() == pytest.approx(2.0 * expected, rel=1e-5)
+    z = behind.expand(1, K, 6).clone()
+    with pytest.raises(ValueError, match="state energy head"):
+        make_objective(ReadoutModel(), z, z[:, :1, :A], goal, ObjectiveConfig(approach=1.0))
+    with pytest.raises(ValueError, match="approach must be"):
+        ObjectiveConfig(approach=-1.0)
 
 
 def tiny_real_agent(solver) -> MPCAgent:

@@ -52,6 +52,8 @@ def loaded_with(entry):
     ({"fixed_dims": {"grip": 1.0}}, "keys must be action dimensions"),
     ({"fixed_dims": {"3": 2.0}}, "number in"),
     ({"binary_dims": [3], "fixed_dims": {"3": 1.0}}, "both binary and fixed"),
+    ({"approach": -0.5}, "approach must be"),
+    ({"approach": True}, "approach must be"),
 ])
 def test_malformed_entries_are_rejected(entry, message):
     with pytest.raises(ValueError, match=message):
@@ -79,6 +81,8 @@ def test_mpc_agent_starts_from_the_checkpoint_entry():
     explicit = make_solver("cem", samples=16)
     assert MPCAgent(loaded_with({"solver": "cem", "samples": 32}), explicit).solver.samples == 16
     assert MPCAgent(loaded_with(None)).horizon == DEFAULT_HORIZON
+    assert MPCAgent(loaded_with({"approach": 0.5})).objective.approach == 0.5
+    assert PlannerDefaults(approach=0.5).objective(approach=0.0).approach == 0.0  # a flag wins
 
 
 def test_action_dims_reach_every_solver_and_are_checked_against_the_action():
@@ -155,6 +159,7 @@ def test_set_planner_round_trip_and_eval_uses_it(tiny_ckpt):
     (["--binary-dims", "4", "--evidence", "x"], 1, "out of range for a 4-dimensional action"),
     (["--fixed-dims", "4", "1.0", "--evidence", "x"], 1, "out of range for a 4-dimensional action"),
     (["--fixed-dims", "3", "1.5", "--evidence", "x"], 2, "number in"),
+    (["--approach", "1.0", "--evidence", "x"], 1, "--approach needs a state energy head"),
 ])
 def test_set_planner_refuses_bad_requests_and_leaves_the_checkpoint(tiny_ckpt, flags, code, message, capsys):
     from planner.cli import main
