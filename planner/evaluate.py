@@ -205,26 +205,25 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, targ
         goal_block = np.asarray(env.unwrapped.goal_task_state if target is None else target[1])[:3]
         goal_state = torch.as_tensor(np.concatenate([np.zeros(3), goal_block]), dtype=torch.float32)
 
-    def distance(u) -> float:
-        d = u.distance() if target is None else u.subgoal_distance(*target)
-        if approach > 0:  # the agent's approach term on the true hand and block positions
-            state = torch.as_tensor(np.concatenate([u.ee_position(), u.block_position()]),
-                                    dtype=torch.float32)
-            d += approach * float(columns.approach_distance(state, goal_state, reduce.approach_offset))
-        return d
-
     def objective(actions: torch.Tensor) -> torch.Tensor:
         acts = actions.detach().cpu().numpy()[0]
         weights = horizon_weights(acts.shape[1], reduce).numpy()
-        cost = np.zeros(acts.shape[0])
+        dist = np.zeros(acts.shape[:2])  # [S,H]
+        states = np.zeros((*acts.shape[:2], 6))  # [S,H,6] hand and block xyz, for the approach term
         u = env.unwrapped
         for s, seq in enumerate(acts):
             u.set_snapshot(snapshot)
             for h, a in enumerate(seq):
                 physics_step(env, a)
-                cost[s] += weights[h] * distance(u)
+                dist[s, h] = u.distance() if target is None else u.subgoal_distance(*target)
+                if approach > 0:
+                    states[s, h] = np.concatenate([u.ee_position(), u.block_position()])
         u.set_snapshot(snapshot)
-        return torch.as_tensor(cost, dtype=torch.float32)[None]
+        if approach > 0:  # the agent's approach term on the true hand and block positions, in one batch
+            term = columns.approach_distance(torch.as_tensor(states, dtype=torch.float32), goal_state,
+                                             reduce.approach_offset)
+            dist = dist + approach * term.double().numpy()
+        return torch.as_tensor(dist @ weights, dtype=torch.float32)[None]
 
     return objective
 
