@@ -200,8 +200,8 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, targ
     approach = reduce.approach
     if approach > 0 and not getattr(env.unwrapped, "has_block", False):
         raise ValueError("the approach term needs a block task (ArmPush-v0, ArmPickPlace-v0)")
-    columns = ApproachColumns(hand=(0, 1), block=(3, 4))  # of [hand xyz, block xyz] in metres
     if approach > 0:
+        columns = ApproachColumns(hand=(0, 1), block=(3, 4))  # of [hand xyz, block xyz] in metres
         goal_block = np.asarray(env.unwrapped.goal_task_state if target is None else target[1])[:3]
         goal_state = torch.as_tensor(np.concatenate([np.zeros(3), goal_block]), dtype=torch.float32)
 
