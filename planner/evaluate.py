@@ -198,10 +198,10 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, targ
     true hand and block positions, so the ceiling plans with the agent's own cost."""
 
     approach = reduce.approach
-    if approach > 0 and not getattr(env.unwrapped, "has_block", False):
-        raise ValueError("the approach term needs a block task (ArmPush-v0, ArmPickPlace-v0)")
     if approach > 0:
-        columns = ApproachColumns(hand=(0, 1), block=(3, 4))  # of [hand xyz, block xyz] in metres
+        if not getattr(env.unwrapped, "has_block", False):
+            raise ValueError("the approach term needs a block task (ArmPush-v0, ArmPickPlace-v0)")
+        columns = ApproachColumns(hand=0, block=3)  # of [hand xyz, block xyz] in metres
         goal_block = np.asarray(env.unwrapped.goal_task_state if target is None else target[1])[:3]
         goal_state = torch.as_tensor(np.concatenate([np.zeros(3), goal_block]), dtype=torch.float32)
 
@@ -209,7 +209,7 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, targ
         acts = actions.detach().cpu().numpy()[0]
         weights = horizon_weights(acts.shape[1], reduce).numpy()
         dist = np.zeros(acts.shape[:2])  # [S,H]
-        states = np.zeros((*acts.shape[:2], 6))  # [S,H,6] hand and block xyz, for the approach term
+        states = np.zeros((*acts.shape[:2], 6)) if approach > 0 else None  # [S,H,6] hand, block xyz
         u = env.unwrapped
         for s, seq in enumerate(acts):
             u.set_snapshot(snapshot)

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from planner.objectives import ApproachColumns, ObjectiveConfig, energy, energy_space, make_objective
+from planner.objectives import (
+    ApproachColumns,
+    ObjectiveConfig,
+    check_approach,
+    energy,
+    energy_space,
+    make_objective,
+)
 from planner.planner_defaults import PlannerDefaults
 from planner.preprocess import images_to_model_input
 from planner.solvers import (
@@ -169,6 +176,7 @@ class MPCAgent:
         weights = goal_energy_weights(calibration, getattr(self.model, "cfg", None))
         self.goal_energy_weights = None if weights is None else weights.to(self.device)
         self.approach_columns = ApproachColumns.from_config(cfg)
+        check_approach(self.objective, self.approach_columns)  # at start-up, not on every plan
 
     def with_planner(
         self,

@@ -72,11 +72,12 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class ApproachColumns:
-    """Where a state energy head's readout holds the hand's and the block's xy (planner.energy_head: the
-    first `proprio_dims` columns are proprio times `hand_scale`, then the task state times `block_scale`)."""
+    """Where a state energy head's readout holds the hand's and the block's xy: columns `hand`, `hand` + 1
+    and `block`, `block` + 1 (planner.energy_head: the first `proprio_dims` columns are proprio times
+    `hand_scale`, then the task state times `block_scale`)."""
 
-    hand: tuple[int, int]
-    block: tuple[int, int]
+    hand: int
+    block: int
     hand_scale: float = 1.0
     block_scale: float = 1.0
 
@@ -92,18 +93,26 @@ class ApproachColumns:
         w_p, w_t = (float(w) for w in fit.get("state_weights", (1.0, 1.0)))
         if w_p <= 0 or w_t <= 0:
             return None
-        return cls(hand=(0, 1), block=(p, p + 1), hand_scale=w_p, block_scale=w_t)
+        return cls(hand=0, block=p, hand_scale=w_p, block_scale=w_t)
 
     def approach_distance(self, e: torch.Tensor, e_goal: torch.Tensor, offset: float) -> torch.Tensor:
         """Readouts e [..., E] (imagined), e_goal [..., E] (broadcast) -> [...]: metres from the hand's xy to
         the point `offset` behind the block on the block -> goal line, times min(1, block-goal / offset)."""
-        hand = e[..., list(self.hand)] / self.hand_scale
-        block = e[..., list(self.block)] / self.block_scale
-        to_goal = e_goal[..., list(self.block)] / self.block_scale - block
+        hand = e[..., self.hand:self.hand + 2] / self.hand_scale
+        block = e[..., self.block:self.block + 2] / self.block_scale
+        to_goal = e_goal[..., self.block:self.block + 2] / self.block_scale - block
         dist = torch.linalg.vector_norm(to_goal, dim=-1, keepdim=True)
         pre = block - offset * to_goal / dist.clamp_min(1e-6)
         gate = (dist[..., 0] / offset).clamp(max=1.0)
         return torch.linalg.vector_norm(hand - pre, dim=-1) * gate
+
+
+def check_approach(cfg: ObjectiveConfig, columns: ApproachColumns | None) -> None:
+    """ValueError unless cfg's approach term (if on) has the readout columns it needs and a latent space."""
+    if cfg.approach > 0 and (columns is None or cfg.space != "latent"):
+        raise ValueError("objective approach > 0 needs space 'latent' and a state energy head that reads the "
+                         "hand's and the block's xy (planner fit-energy-head --energy-head.kind state with "
+                         "--energy-head.state-proprio-dims >= 2)")
 
 
 def energy(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
@@ -118,11 +127,12 @@ def energy_space(model, weights: torch.Tensor | None = None) -> Callable[[torch.
     if weights is None:
         return embed
 
-    def weighted(z: torch.Tensor) -> torch.Tensor:
-        e = embed(z)
-        return e * weights.view(e.shape[0], *([1] * (e.ndim - 2)), -1)
+    return lambda z: weigh_columns(embed(z), weights)
 
-    return weighted
+
+def weigh_columns(e: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Energy-space points e [B, ..., E] with each problem's columns scaled by weights [B,E] (None: as is)."""
+    return e if weights is None else e * weights.view(e.shape[0], *([1] * (e.ndim - 2)), -1)
 
 
 def latent_distance(z: torch.Tensor, goal: torch.Tensor, kind: str) -> torch.Tensor:
@@ -168,10 +178,7 @@ def make_objective(
     if cfg.disagreement > 0 and (members < 2 or cfg.space != "latent"):
         raise ValueError(f"objective disagreement > 0 needs an ensemble of predictors (`planner ensemble`) "
                          f"and space 'latent'; this model has {members} predictor(s), space {cfg.space!r}")
-    if cfg.approach > 0 and (approach_columns is None or cfg.space != "latent"):
-        raise ValueError("objective approach > 0 needs space 'latent' and a state energy head that reads the "
-                         "hand's and the block's xy (planner fit-energy-head --energy-head.kind state with "
-                         "--energy-head.state-proprio-dims >= 2)")
+    check_approach(cfg, approach_columns)
     if cfg.space == "pixel":
         if not hasattr(model, "decode"):
             raise ValueError(f"objective space 'pixel' needs a model with decode (a pixel checkpoint); "
@@ -198,9 +205,8 @@ def make_objective(
         if cfg.approach <= 0:
             return distance(z)
         raw = model.energy_embed(z)  # [B,S,H',E], read once for both terms
-        e = raw if energy_weights is None else raw * energy_weights.view(raw.shape[0], 1, 1, -1)
         term = approach_columns.approach_distance(raw, raw_goal, cfg.approach_offset)
-        return latent_distance(e, goal, cfg.distance) + cfg.approach * term
+        return latent_distance(weigh_columns(raw, energy_weights), goal, cfg.distance) + cfg.approach * term
 
     def reduced(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Imagined latents [B,S,H,D] -> cost [B,S] over the horizon."""

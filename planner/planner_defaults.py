@@ -29,6 +29,10 @@ DEFAULT_SOLVER = "cem"
 CONFIG_KEY = "planner"
 
 
+COST_WEIGHTS = ("disagreement", "approach")
+"""Entries that are weights of planner.objectives.ObjectiveConfig terms (finite, >= 0)."""
+
+
 @dataclass(frozen=True)
 class PlannerDefaults:
     """Planner settings a checkpoint ships with; None: the planner-wide default."""
@@ -66,12 +70,11 @@ class PlannerDefaults:
         if (self.samples is not None or self.iterations is not None) and self.solver is None:
             raise ValueError(
                 "planner.samples / planner.iterations need planner.solver (budgets are per solver)")
-        if self.disagreement is not None and (isinstance(self.disagreement, bool) or not isinstance(
-                self.disagreement, (int, float)) or not 0 <= self.disagreement < float("inf")):
-            raise ValueError(f"planner.disagreement must be a finite number >= 0, got {self.disagreement!r}")
-        if self.approach is not None and (isinstance(self.approach, bool) or not isinstance(
-                self.approach, (int, float)) or not 0 <= self.approach < float("inf")):
-            raise ValueError(f"planner.approach must be a finite number >= 0, got {self.approach!r}")
+        for key in COST_WEIGHTS:
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value < float("inf")):
+                raise ValueError(f"planner.{key} must be a finite number >= 0, got {value!r}")
         if self.binary_dims is not None:
             if not isinstance(self.binary_dims, (list, tuple)):
                 raise ValueError(f"planner.binary_dims must be a list of action dimensions, got "
@@ -115,8 +118,7 @@ class PlannerDefaults:
     def objective(self, **overrides) -> ObjectiveConfig:
         """The planning objective: ObjectiveConfig's defaults, this checkpoint's disagreement and approach
         weights, then `overrides` (None values ignored)."""
-        kw = {k: float(v) for k, v in (("disagreement", self.disagreement), ("approach", self.approach))
-              if v is not None}
+        kw = {k: float(getattr(self, k)) for k in COST_WEIGHTS if getattr(self, k) is not None}
         return ObjectiveConfig(**kw | {k: v for k, v in overrides.items() if v is not None})
 
     def resolve(self, solver: str | None = None, horizon: int | None = None, samples: int | None = None,

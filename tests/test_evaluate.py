@@ -144,7 +144,7 @@ def test_simulator_objective_adds_the_approach_term_on_the_true_state():
     u.set_snapshot(snap)
     state = torch.as_tensor(np.concatenate([u.ee_position(), u.block_position()]), dtype=torch.float32)
     goal = torch.as_tensor(np.concatenate([np.zeros(3), u.goal_task_state]), dtype=torch.float32)
-    term = ApproachColumns(hand=(0, 1), block=(3, 4)).approach_distance(state, goal, 0.045).item()
+    term = ApproachColumns(hand=0, block=3).approach_distance(state, goal, 0.045).item()
     assert term > 0.01 and both - plain == pytest.approx(2.0 * term, abs=2e-3)
     np.testing.assert_array_equal(u.get_snapshot(), after)  # the objective restores the state
     reach = make_env("ArmReach-v0", render_goal=False)

@@ -206,7 +206,7 @@ STATE_HEAD_CONFIG = {"architecture": {"energy_head_dim": 6},
 
 def test_approach_columns_come_from_a_state_head_only():
     cols = ApproachColumns.from_config(STATE_HEAD_CONFIG)
-    assert (cols.hand, cols.block, cols.hand_scale, cols.block_scale) == ((0, 1), (3, 4), 1.0, 2.0)
+    assert (cols.hand, cols.block, cols.hand_scale, cols.block_scale) == (0, 3, 1.0, 2.0)
     learned = {"architecture": {"energy_head_dim": 16}, "energy_head_fit": {"config": {"kind": "learned"}}}
     assert ApproachColumns.from_config(learned) is None
     assert ApproachColumns.from_config({}) is None

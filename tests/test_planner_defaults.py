@@ -81,7 +81,12 @@ def test_mpc_agent_starts_from_the_checkpoint_entry():
     explicit = make_solver("cem", samples=16)
     assert MPCAgent(loaded_with({"solver": "cem", "samples": 32}), explicit).solver.samples == 16
     assert MPCAgent(loaded_with(None)).horizon == DEFAULT_HORIZON
-    assert MPCAgent(loaded_with({"approach": 0.5})).objective.approach == 0.5
+    with_head = loaded_with({"approach": 0.5})
+    with_head.config |= {"architecture": {"energy_head_dim": 6},
+                         "energy_head_fit": {"config": {"kind": "state", "state_proprio_dims": 3}}}
+    assert MPCAgent(with_head).objective.approach == 0.5
+    with pytest.raises(ValueError, match="state energy head"):  # refused at start-up, not at every plan
+        MPCAgent(loaded_with({"approach": 0.5}))
     assert PlannerDefaults(approach=0.5).objective(approach=0.0).approach == 0.0  # a flag wins
 
 
