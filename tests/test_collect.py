@@ -216,7 +216,11 @@ def test_user_errors_are_clear(tmp_path, capsys):
 # ---- interruption: real subprocesses -----------------------------------------------------------------
 SLOW = '{"step_delay": 0.02}'  # 0.1 s per fake episode, so a kill lands mid-collection
 RUNNER = """
+import signal
 import sys
+# a terminal's foreground process: a shell that starts pytest in the background (`make test &`) makes the
+# runner inherit SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from planner.collect import run
 from tests.test_collect import SLOW, fake_cfg, fake_make_env, fake_make_policy
