@@ -12,6 +12,12 @@ in the energy to a *final* goal, so that the planner drives the task state (the 
 arm's pose in the goal image counts less; `goal_energy_threshold` is then calibrated for that energy and
 the plain energy's threshold, which sub-goals keep, is recorded as `subgoal_threshold`. MPCAgent reads the
 weight from the calibration, so the threshold and the energy it was calibrated for never part.
+
+`--subgoal-success-threshold S` (a state head with proprio columns) calibrates the sub-goals' threshold
+on its own: the same rule on the plain energy, for frame pairs whose hand and task state together differ
+by less than S metres. A pick-and-place sub-goal (hand over the block, grasp) is about the hand, which the
+final goal's block-only calibration does not see; MPCAgent (eval and the server) reads it as
+`subgoal_threshold`.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ class CalibrateConfig:
     goal_proprio_weight: float = 1.0
     """Weight of a state head's proprio columns in the final goal's energy (1: as fitted; sub-goals always
     use the plain energy)."""
+    subgoal_success_threshold: float | None = None
+    """Calibrate the sub-goals' threshold for pairs whose hand (the state head's proprio columns) and task
+    state differ by less than this [m]; default: sub-goals keep the plain energy's goal threshold."""
     device: str = "cpu"
     """Torch device."""
 
@@ -57,11 +66,16 @@ def run(cfg: CalibrateConfig) -> dict:
         raise ValueError(f"--margin must be in (0, 1], got {cfg.margin}")
     if not 0 <= cfg.goal_proprio_weight < float("inf"):
         raise ValueError(f"--goal-proprio-weight must be a finite number >= 0, got {cfg.goal_proprio_weight}")
+    subgoal = cfg.subgoal_success_threshold
+    if subgoal is not None and not 0 < subgoal < float("inf"):
+        raise ValueError(f"--subgoal-success-threshold must be a finite distance > 0 [m], got {subgoal}")
     loaded = checkpoint.load(cfg.checkpoint, cfg.device)
     proprio_dims = state_head_proprio_dims(loaded.config)
-    if cfg.goal_proprio_weight != 1.0 and not proprio_dims:
-        raise ValueError(f"--goal-proprio-weight needs a state energy head that reads proprio columns "
-                         f"(planner fit-energy-head --energy-head.kind state); {cfg.checkpoint} has none")
+    for flag, asked in (("--goal-proprio-weight", cfg.goal_proprio_weight != 1.0),
+                        ("--subgoal-success-threshold", subgoal is not None)):
+        if asked and not proprio_dims:
+            raise ValueError(f"{flag} needs a state energy head that reads proprio columns (planner "
+                             f"fit-energy-head --energy-head.kind state); {cfg.checkpoint} has none")
     try:
         store = TrajectoryStore.open(cfg.data)
     except StoreError as e:
@@ -80,7 +94,7 @@ def run(cfg: CalibrateConfig) -> dict:
     with torch.no_grad():
         result = calibrate_goal_threshold(model, store, spread(train_eps, cfg.episodes), float(success),
                                           cfg.margin, cfg.device, proprio_weight=cfg.goal_proprio_weight,
-                                          proprio_dims=proprio_dims)
+                                          proprio_dims=proprio_dims, subgoal_success_threshold=subgoal)
     command = invoked_command("calibrate")
     name = checkpoint.update_config(cfg.checkpoint, loaded, {
         "goal_energy_threshold": result["threshold"],
@@ -90,6 +104,10 @@ def run(cfg: CalibrateConfig) -> dict:
     print(f"{name}: goal_energy_threshold {config.get('goal_energy_threshold')} -> {result['threshold']:.4g} "
           f"(margin {cfg.margin}, {result['source']} pairs, recall {result['recall']:.0%}, "
           f"false accept {result['false_accept_rate']:.2%})")
+    if subgoal is not None:
+        sub = result["subgoal_calibration"]
+        print(f"sub-goals: threshold {result['subgoal_threshold']:.4g} for hand and task state within "
+              f"{subgoal:g} m (recall {sub['recall']:.0%}, false accept {sub['false_accept_rate']:.2%})")
     return result
 
 

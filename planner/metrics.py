@@ -161,6 +161,18 @@ def scale_columns(encoded: EncodedEpisodes, weights: torch.Tensor) -> EncodedEpi
                    goal_latents=None if encoded.goal_latents is None else encoded.goal_latents * weights)
 
 
+def with_proprio_in_state(encoded: EncodedEpisodes, dims: int) -> EncodedEpisodes:
+    """The same episodes with each frame's first `dims` proprio columns put before its task state
+    ([T+1, dims + K]) and no goals, so that pair distances measure the hand and the task state together
+    (a sub-goal image shows both): planner calibrate --subgoal-success-threshold."""
+    if encoded.proprio is None or dims < 1:
+        raise ValueError(f"need episodes with proprio and dims >= 1, got "
+                         f"{'no proprio' if encoded.proprio is None else 'proprio'} and dims {dims}")
+    states = [np.concatenate([p[:, :dims], s], axis=1) for p, s in
+              zip(encoded.proprio, encoded.task_states, strict=True)]
+    return replace(encoded, task_states=states, goal_latents=None, goal_task_states=None)
+
+
 def latent_distance(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     """The energy: ||z - goal||_2 over the last dim; [..., D], [..., D] -> [...]."""
     return torch.linalg.vector_norm(z - goal, dim=-1)

@@ -44,6 +44,7 @@ from planner.metrics import (
     kstep_prediction_error,
     linear_probe_r2,
     scale_columns,
+    with_proprio_in_state,
 )
 from planner.preprocess import images_to_model_input
 from planner.store import META_FILE, StoreError, TrajectoryStore
@@ -367,13 +368,17 @@ def attach_fitted_head(model: WorldModel, store: TrajectoryStore, episodes: list
 @torch.no_grad()
 def calibrate_goal_threshold(model: WorldModel, store: TrajectoryStore, episodes: list[int],
                              success_threshold: float, margin: float, device, proprio_weight: float = 1.0,
-                             proprio_dims: int = 0) -> dict:
+                             proprio_dims: int = 0, subgoal_success_threshold: float | None = None) -> dict:
     """goal_reached's energy threshold, calibrated (planner.metrics rule) for margin x the task's success
     distance on these episodes, so that "reached" means comfortably inside the success region. With
     `proprio_weight` != 1 (a state head's first `proprio_dims` columns weighted so in a final goal's
     energy, planner calibrate --goal-proprio-weight) the threshold is for that weighted energy, and
     `subgoal_threshold` (the plain energy's), `proprio_weight` and `proprio_dims` are recorded beside it
-    for MPCAgent (planner.mpc.goal_energy_weights)."""
+    for MPCAgent (planner.mpc.goal_energy_weights). With `subgoal_success_threshold` S [m], the sub-goals'
+    threshold is calibrated separately by the same rule on the plain energy, for frame pairs whose hand
+    (the head's first `proprio_dims` proprio columns) and task state together differ by less than S: a
+    sub-goal (pre-grasp, grasp) is about where the hand is, which a goal calibrated on the block alone does
+    not see; recorded as `subgoal_threshold` with its `subgoal_calibration`."""
     enc = in_energy_space(model, encode_episodes(model, store.iter_episodes(episodes), device))
     target = success_threshold * margin
     result = calibrate_goal_energy_threshold(enc, target).to_dict()
@@ -382,6 +387,11 @@ def calibrate_goal_threshold(model: WorldModel, store: TrajectoryStore, episodes
         plain = result["threshold"]
         result = calibrate_goal_energy_threshold(scale_columns(enc, weights), target).to_dict()
         result |= {"proprio_weight": proprio_weight, "proprio_dims": proprio_dims, "subgoal_threshold": plain}
+    if subgoal_success_threshold is not None:
+        subgoal = calibrate_goal_energy_threshold(with_proprio_in_state(enc, proprio_dims),
+                                                  subgoal_success_threshold).to_dict()
+        result |= {"subgoal_threshold": subgoal["threshold"],
+                   "subgoal_calibration": subgoal | {"proprio_dims": proprio_dims}}
     return {**result, "margin": margin, "task_success_threshold": success_threshold}
 
 

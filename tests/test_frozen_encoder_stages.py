@@ -379,3 +379,64 @@ def test_calibrate_goal_proprio_weight_records_both_thresholds_and_the_agent_use
             calibrate(CalibrateConfig(checkpoint=plain_ckpt, data=store, goal_proprio_weight=bad))
     with pytest.raises(ValueError, match="needs a state energy head"):
         calibrate(CalibrateConfig(checkpoint=source[1], data=source[0], goal_proprio_weight=0.5))
+
+
+def test_calibrate_subgoal_success_threshold_calibrates_subgoals_on_hand_and_task_state(state_source, source,
+                                                                                       tmp_path):
+    import shutil
+
+    from planner.calibrate import CalibrateConfig
+    from planner.calibrate import run as calibrate
+    from planner.data import split_episodes
+    from planner.metrics import (
+        calibrate_goal_energy_threshold,
+        encode_episodes,
+        in_energy_space,
+        with_proprio_in_state,
+    )
+    from planner.mpc import MPCAgent
+    from planner.store import TrajectoryStore
+    from planner.train import spread
+
+    store, src = state_source
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    before = checkpoint.read_config(src)
+    success = 2 * before["goal_energy_calibration"]["success_threshold"]
+    result = calibrate(CalibrateConfig(checkpoint=ckpt, data=store, subgoal_success_threshold=success))
+    calib = checkpoint.read_config(ckpt)["goal_energy_calibration"]
+    # by hand: the same rule on the plain energy, pairs measured on [hand (2 proprio columns), task state]
+    loaded = checkpoint.load(src)
+    opened = TrajectoryStore.open(store)
+    train_eps, _ = split_episodes(opened.indices(), 0.1)
+    with torch.no_grad():
+        enc = in_energy_space(loaded.model, encode_episodes(loaded.model, opened.iter_episodes(
+            spread(train_eps, 200))))
+    by_hand = calibrate_goal_energy_threshold(with_proprio_in_state(enc, 2), success)
+    assert calib["subgoal_threshold"] == pytest.approx(by_hand.threshold)
+    assert calib["subgoal_calibration"]["success_threshold"] == success
+    assert calib["subgoal_calibration"]["proprio_dims"] == 2
+    assert result["threshold"] == pytest.approx(before["goal_energy_threshold"])  # the final goal's unchanged
+    agent = MPCAgent(checkpoint.load(ckpt), "cem", horizon=2)
+    assert agent.subgoal_energy_threshold == calib["subgoal_threshold"] != agent.goal_energy_threshold
+    with pytest.raises(ValueError, match="finite distance"):
+        calibrate(CalibrateConfig(checkpoint=ckpt, data=store, subgoal_success_threshold=0.0))
+    with pytest.raises(ValueError, match="needs a state energy head"):
+        calibrate(CalibrateConfig(checkpoint=source[1], data=source[0], subgoal_success_threshold=0.02))
+
+
+def test_with_proprio_in_state_puts_the_hand_before_the_task_state():
+    from planner.metrics import EncodedEpisodes, with_proprio_in_state
+
+    enc = EncodedEpisodes(latents=[torch.zeros(3, 4)], actions=[torch.zeros(2, 1)],
+                          task_states=[np.full((3, 2), 7.0, np.float32)],
+                          goal_latents=torch.zeros(1, 4), goal_task_states=np.zeros((1, 2), np.float32),
+                          proprio=[np.arange(9, dtype=np.float32).reshape(3, 3)])
+    out = with_proprio_in_state(enc, 2)
+    assert out.task_states[0].tolist() == [[0, 1, 7, 7], [3, 4, 7, 7], [6, 7, 7, 7]]
+    assert out.goal_latents is None and out.goal_task_states is None  # pairs of states, not goals
+    with pytest.raises(ValueError, match="dims >= 1"):
+        with_proprio_in_state(enc, 0)
+    with pytest.raises(ValueError, match="no proprio"):
+        with_proprio_in_state(EncodedEpisodes(latents=enc.latents, actions=enc.actions,
+                                              task_states=enc.task_states), 2)
