@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,9 @@ class AgentBackend:
             solvers=tuple(SOLVERS),
             goal_energy_threshold=None if threshold is None else float(threshold),
             action_dims=action_dims_record(a.solver),
+            subgoal_energy_threshold=(float(a.subgoal_energy_threshold)
+                                      if np.isfinite(a.subgoal_energy_threshold) else None),
+            objective=asdict(a.objective),
         )
 
     @classmethod

@@ -519,6 +519,8 @@ def _add_routes(app: FastAPI) -> None:
             proprio_dim=spec.proprio_dim,
             latent_dim=spec.latent_dim,
             goal_energy_threshold=spec.goal_energy_threshold,
+            subgoal_energy_threshold=spec.subgoal_energy_threshold,
+            objective=spec.objective,
             planner_limits=PlannerLimits(
                 solvers=list(spec.solvers),
                 default_solver=d.solver,

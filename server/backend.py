@@ -49,6 +49,12 @@ class ModelSpec:
     action_dims: dict = field(default_factory=dict)
     """The action dimensions every plan snaps or holds, {binary_dims, fixed_dims}
     (planner.solvers.action_dims_record; {}: none)."""
+    subgoal_energy_threshold: float | None = None
+    """The energy at which a sub-goal counts as reached (the calibration's `subgoal_threshold`, else the
+    goal's)."""
+    objective: dict = field(default_factory=dict)
+    """How plans are scored (planner.objectives.ObjectiveConfig as a dict: distance, reduce, disagreement,
+    approach, ...), the checkpoint's planner defaults included."""
 
     @property
     def image_size(self) -> int:

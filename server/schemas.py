@@ -221,6 +221,11 @@ class ModelInfo(BaseModel):
     proprio_dim: int | None
     latent_dim: int
     goal_energy_threshold: float | None
+    subgoal_energy_threshold: float | None = None
+    """Energy at which a sub-goal counts as reached (`goal_reached` with `subgoal_index` < len(subgoals))."""
+    objective: dict[str, Any] = {}
+    """How plans are scored: planner.objectives.ObjectiveConfig (distance, reduce, disagreement, approach
+    term, ...), the checkpoint's planner defaults included."""
     planner_limits: PlannerLimits
 
 

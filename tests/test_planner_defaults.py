@@ -191,6 +191,8 @@ def test_set_planner_stores_action_dims_from_the_command_line(tiny_ckpt):
 def test_server_reports_and_keeps_the_action_dims(tiny_ckpt):
     """GET /v1/models tells clients which dimensions the planner snaps or holds, and a plan asked of
     another solver holds them too (the real AgentBackend behind the real app)."""
+    from dataclasses import asdict
+
     import numpy as np
     from fastapi.testclient import TestClient
 
@@ -208,8 +210,12 @@ def test_server_reports_and_keeps_the_action_dims(tiny_ckpt):
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < end
             time.sleep(0.05)
-        limits = client.get("/v1/models").json()["models"][0]["planner_limits"]
+        model = client.get("/v1/models").json()["models"][0]
+        limits = model["planner_limits"]
         assert limits["fixed_dims"] == {"3": 1.0} and limits["binary_dims"] == []
+        # the cost the plans are scored by, and the sub-goals' threshold (no sub-goal calibration: the goal's)
+        assert model["objective"] == asdict(backend.agent.objective) and model["objective"]["approach"] == 0
+        assert model["subgoal_energy_threshold"] == model["goal_energy_threshold"]
         frame, goal = (encode_base64_png(np.full((32, 32, 3), v, np.uint8)) for v in (90, 160))
         r = client.post("/v1/plan", json={"observation": {"image": frame}, "goal": {"image": goal},
                                           "planner": {"solver": "mppi"}})
