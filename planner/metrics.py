@@ -165,9 +165,10 @@ def with_proprio_in_state(encoded: EncodedEpisodes, dims: int) -> EncodedEpisode
     """The same episodes with each frame's first `dims` proprio columns put before its task state
     ([T+1, dims + K]) and no goals, so that pair distances measure the hand and the task state together
     (a sub-goal image shows both): planner calibrate --subgoal-success-threshold."""
-    if encoded.proprio is None or dims < 1:
-        raise ValueError(f"need episodes with proprio and dims >= 1, got "
-                         f"{'no proprio' if encoded.proprio is None else 'proprio'} and dims {dims}")
+    if dims < 1:
+        raise ValueError(f"need dims >= 1 proprio columns, got {dims}")
+    if encoded.proprio is None:
+        raise ValueError("these episodes carry no proprio")
     states = [np.concatenate([p[:, :dims], s], axis=1) for p, s in
               zip(encoded.proprio, encoded.task_states, strict=True)]
     return replace(encoded, task_states=states, goal_latents=None, goal_task_states=None)
