@@ -78,6 +78,26 @@ from a region next to it (reach only, envs/reach.py)."""
 CAMERAS = ("workspace", "table", "wrist")
 AIMED_CAMERAS = {"workspace": "look_target", "table": "table_target"}
 """Fixed cameras that aim at a target body (camera_offset and camera_turn_deg apply to these)."""
+VIEW_SEPARATOR = "+"
+"""Joins several CAMERAS into one `camera` kwarg (e.g. "table+workspace"): the views side by side."""
+
+
+def camera_views(camera: str) -> tuple[str, ...]:
+    """The cameras a `camera` kwarg names: one of CAMERAS, or distinct ones joined by VIEW_SEPARATOR."""
+    views = tuple(camera.split(VIEW_SEPARATOR)) if isinstance(camera, str) else ()
+    if not views or any(v not in CAMERAS for v in views) or len(set(views)) != len(views):
+        raise ValueError(f"camera must be one of {CAMERAS} or distinct ones joined by {VIEW_SEPARATOR!r} "
+                         f"(e.g. 'table+workspace'), got {camera!r}")
+    return views
+
+
+def side_by_side(frames: list[np.ndarray]) -> np.ndarray:
+    """n uint8 [S,S,3] views -> uint8 [S,S,3]: each squeezed to S/n columns (mean of n neighbouring
+    columns, so the whole field of view stays), left to right. S must be divisible by n."""
+    n = len(frames)
+    size = frames[0].shape[0]
+    squeezed = [f.reshape(size, size // n, n, 3).mean(axis=2) for f in frames]
+    return np.rint(np.concatenate(squeezed, axis=1)).astype(np.uint8)
 
 
 def snapshot_spec() -> int:
@@ -92,27 +112,29 @@ def snapshot_spec() -> int:
 
 def load_model(with_block: bool, camera_offset=(0.0, 0.0, 0.0), camera_turn_deg: float = 0.0,
                camera: str = "workspace", block_rgba=None) -> mujoco.MjModel:
-    """Compile envs/assets/arm.xml; drop the block body when the task has none; shift the aimed `camera`
-    by `camera_offset` (it keeps aiming at its target) and turn it by `camera_turn_deg` about the vertical
-    axis through the camera (its target swings around it; positive = to the left)."""
+    """Compile envs/assets/arm.xml; drop the block body when the task has none; shift each aimed view of
+    `camera` (camera_views) by `camera_offset` (it keeps aiming at its target) and turn it by
+    `camera_turn_deg` about the vertical axis through the camera (its target swings around it; positive =
+    to the left)."""
     path = resources.files("envs") / "assets" / "arm.xml"
     spec = mujoco.MjSpec.from_file(str(path))
     if not with_block:
         spec.delete(spec.body("block"))
     elif block_rgba is not None:
         spec.material("block").rgba = np.asarray(block_rgba, dtype=float)
-    if camera not in AIMED_CAMERAS:
-        if np.any(np.asarray(camera_offset, dtype=float)) or camera_turn_deg:
-            raise ValueError(f"camera_offset and camera_turn_deg apply to {sorted(AIMED_CAMERAS)}, "
-                             f"not {camera!r}")
-        return spec.compile()
-    cam = spec.camera(camera)
-    cam.pos = np.asarray(cam.pos) + np.asarray(camera_offset, dtype=float)
-    if camera_turn_deg:
-        target = spec.body(AIMED_CAMERAS[camera])
-        c, s = np.cos(np.radians(camera_turn_deg)), np.sin(np.radians(camera_turn_deg))
-        v = np.asarray(target.pos) - np.asarray(cam.pos)
-        target.pos = np.asarray(cam.pos) + np.array([c * v[0] - s * v[1], s * v[0] + c * v[1], v[2]])
+    views = camera_views(camera)
+    moved = bool(np.any(np.asarray(camera_offset, dtype=float)) or camera_turn_deg)
+    if moved and any(v not in AIMED_CAMERAS for v in views):
+        raise ValueError(f"camera_offset and camera_turn_deg apply to {sorted(AIMED_CAMERAS)}, "
+                         f"not {camera!r}")
+    for view in views if moved else ():
+        cam = spec.camera(view)
+        cam.pos = np.asarray(cam.pos) + np.asarray(camera_offset, dtype=float)
+        if camera_turn_deg:
+            target = spec.body(AIMED_CAMERAS[view])
+            c, s = np.cos(np.radians(camera_turn_deg)), np.sin(np.radians(camera_turn_deg))
+            v = np.asarray(target.pos) - np.asarray(cam.pos)
+            target.pos = np.asarray(cam.pos) + np.array([c * v[0] - s * v[1], s * v[0] + c * v[1], v[2]])
     return spec.compile()
 
 
@@ -152,8 +174,10 @@ class ArmEnv(gym.Env):
         if not 8 <= image_size <= 640:
             raise ValueError(f"image_size must be between 8 and 640 pixels, got {image_size}")
         camera = self.default_camera if camera is None else camera
-        if camera not in CAMERAS:
-            raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
+        views = camera_views(camera)
+        if image_size % len(views):
+            raise ValueError(f"camera {camera!r} puts {len(views)} views side by side: image_size must be "
+                             f"divisible by {len(views)}, got {image_size}")
         if not isinstance(render_goal, bool):
             raise ValueError(f"render_goal must be True or False, got {render_goal!r}")
         offset = np.asarray(camera_offset, dtype=float)
@@ -179,6 +203,8 @@ class ArmEnv(gym.Env):
             raise ValueError(f"render_mode must be 'rgb_array' (or None), got {render_mode!r}")
         self.image_size = int(image_size)
         self.camera = camera
+        self.views = views
+        """The cameras rendered into each image, left to right (camera_views)."""
         self.render_goal = render_goal
         self.render_mode = "rgb_array"
         self.model = load_model(self.has_block, offset, float(camera_turn_deg), camera, block_rgba)
@@ -325,9 +351,13 @@ class ArmEnv(gym.Env):
         mujoco.mj_forward(self.model, self.data)
 
     def render(self) -> np.ndarray:
-        """RGB uint8 [image_size, image_size, 3] from the chosen camera."""
-        self._renderer.update_scene(self.data, camera=self.camera)
-        return self._renderer.render().copy()
+        """RGB uint8 [image_size, image_size, 3] from the chosen camera, or its views side by side
+        (side_by_side)."""
+        frames = []
+        for view in self.views:
+            self._renderer.update_scene(self.data, camera=view)
+            frames.append(self._renderer.render().copy())
+        return frames[0] if len(frames) == 1 else side_by_side(frames)
 
     def close(self) -> None:
         self._renderer.close()

@@ -218,7 +218,8 @@ def _push_run(env: ArmEnv, seed: int, cfg: ClipConfig):
 
 
 class _BlockCamera:
-    """Counts the block's pixels in the env's camera (segmentation render of the current state)."""
+    """Counts the block's pixels in the env's camera (segmentation render of the current state; summed
+    over the views of a side-by-side camera, each rendered whole)."""
 
     def __init__(self, env: ArmEnv, geom: int, min_fraction: float) -> None:
         self.env, self.geom = env, geom
@@ -227,10 +228,12 @@ class _BlockCamera:
         self.min_pixels = max(1, int(np.ceil(min_fraction * env.image_size**2)))
 
     def visible(self) -> bool:
-        self.renderer.update_scene(self.env.data, camera=self.env.camera)
-        seg = self.renderer.render()
-        mine = (seg[..., 0] == self.geom) & (seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM))
-        return int(mine.sum()) >= self.min_pixels
+        pixels = 0
+        for view in self.env.views:
+            self.renderer.update_scene(self.env.data, camera=view)
+            seg = self.renderer.render()
+            pixels += int(((seg[..., 0] == self.geom) & (seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM))).sum())
+        return pixels >= self.min_pixels
 
     def close(self) -> None:
         self.renderer.close()

@@ -128,6 +128,10 @@ def test_unknown_id_lists_known_ones():
         (dict(image_size=3), "image_size must be between"),
         (dict(image_size="64"), "image_size must be an int"),
         (dict(camera="top"), "camera must be one of"),
+        (dict(camera="table+top"), "camera must be one of"),
+        (dict(camera="table+table"), "distinct ones"),
+        (dict(camera="table+workspace", image_size=63), "divisible by 2"),
+        (dict(camera="table+wrist", camera_offset=(0.01, 0, 0)), "apply to"),
         (dict(render_goal="yes"), "render_goal must be True or False"),
         (dict(imagesize=64), "unknown kwargs.*accepted"),
         (dict(camera_offset=(0, 0)), "camera_offset must be 3"),
@@ -173,6 +177,23 @@ def test_block_tasks_default_to_the_closer_table_camera():
         red[camera] = int(((im[..., 0] > 150) & (im[..., 1] < 80) & (im[..., 2] < 80)).sum())
     assert envs.make_env("ArmPush-v0").unwrapped.camera == "table"
     assert red["table"] >= 1.5 * red["workspace"] > 0
+
+
+def test_side_by_side_camera_is_each_view_squeezed_into_half_the_columns():
+    """camera="table+workspace": one square image, the table view's columns averaged in pairs on the left,
+    the workspace view's on the right; goal images alike; offsets move both views."""
+    both = envs.make_env("ArmPickPlace-v0", camera="table+workspace")
+    obs, info = both.reset(seed=5)
+    assert both.unwrapped.views == ("table", "workspace")
+    assert obs["image"].shape == (64, 64, 3) == info["goal_image"].shape
+    for half, camera in ((slice(0, 32), "table"), (slice(32, 64), "workspace")):
+        single, _ = envs.make_env("ArmPickPlace-v0", camera=camera).reset(seed=5)
+        squeezed = single["image"].reshape(64, 32, 2, 3).astype(float).mean(axis=2)
+        assert np.abs(obs["image"][:, half].astype(float) - squeezed).max() <= 0.5
+    moved_env = envs.make_env("ArmPickPlace-v0", camera="table+workspace", camera_offset=(0.02, 0, 0))
+    moved, _ = moved_env.reset(seed=5)
+    for half in (slice(0, 32), slice(32, 64)):
+        assert not np.array_equal(moved["image"][:, half], obs["image"][:, half])
 
 
 def test_pick_place_subgoals_pregrasp_grasp_lift_then_goal():

@@ -108,6 +108,18 @@ def test_violation_changes_the_state_exactly_at_step_v(clips, kind):
         assert np.all(c.block_size == BLOCK_HALF)
 
 
+def test_clips_render_a_side_by_side_camera_and_see_the_block_in_its_views():
+    """The block-visibility check counts the block in each view of camera="table+workspace"."""
+    env = envs.make_env("ArmPush-v0", camera="table+workspace", render_goal=False)
+    c = make_clips(env, 7, kinds=("vanish",), cfg=CFG)
+    v = c.impossible["vanish"].violation_step
+    assert c.possible.frames.shape == (CFG.steps + 1, 64, 64, 3)
+    seen, vanished = c.possible.frames[v + 1], c.impossible["vanish"].frames[v + 1]
+    for half in (slice(0, 32), slice(32, 64)):
+        assert red_pixels(seen[:, half]) > 0 == red_pixels(vanished[:, half])
+    env.close()
+
+
 def test_model_changes_are_restored(env):
     m = env.unwrapped.model
     g = m.geom("block").id
