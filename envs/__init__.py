@@ -60,6 +60,15 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
     return env_class(**kwargs)
 
 
+def image_camera(env_id: str, env_kwargs: dict) -> str | None:
+    """The camera a store's (or checkpoint's) images show: its env kwargs' `camera` (e.g.
+    "table+workspace"), else our task's default one; None when neither names one (a gymnasium env's own
+    view)."""
+    if env_kwargs.get("camera") is not None:
+        return str(env_kwargs["camera"])
+    return _env_class(env_id).default_camera if env_id in _ENTRY_POINTS else None
+
+
 def task_kwargs(kwargs: dict) -> dict:
     """A checkpoint's training env kwargs without the training-only randomization (envs.arm
     TRAINING_ONLY_KWARGS): what an evaluation of that checkpoint builds its env with."""

@@ -16,6 +16,16 @@ from planner.solvers import SOLVERS, action_dims_record
 from server.backend import ModelSpec, PlannerParams, PlanOutcome, PlanProblem
 
 
+def _training_camera(cfg: dict) -> str | None:
+    """The camera of the checkpoint's training images (envs.image_camera); None without a training env."""
+    train = cfg.get("training_data", {})
+    if not train.get("env_id"):
+        return None
+    from envs import image_camera
+
+    return image_camera(train["env_id"], train.get("env_kwargs", {}))
+
+
 class AgentBackend:
     """Wraps MPCAgent for the worker: batches of problems in, per-problem outcomes (numpy) out.
 
@@ -51,6 +61,7 @@ class AgentBackend:
             subgoal_energy_threshold=(float(a.subgoal_energy_threshold)
                                       if np.isfinite(a.subgoal_energy_threshold) else None),
             objective=asdict(a.objective),
+            camera=_training_camera(cfg),
         )
 
     @classmethod

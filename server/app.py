@@ -521,6 +521,7 @@ def _add_routes(app: FastAPI) -> None:
             goal_energy_threshold=spec.goal_energy_threshold,
             subgoal_energy_threshold=spec.subgoal_energy_threshold,
             objective=spec.objective,
+            camera=spec.camera,
             planner_limits=PlannerLimits(
                 solvers=list(spec.solvers),
                 default_solver=d.solver,

@@ -52,6 +52,9 @@ class ModelSpec:
     subgoal_energy_threshold: float | None = None
     """The energy at which a sub-goal counts as reached (the calibration's `subgoal_threshold`, else the
     goal's)."""
+    camera: str | None = None
+    """The camera the training images came from (envs.image_camera, e.g. "table" or "table+workspace":
+    two views side by side); None when the training data names none."""
     objective: dict = field(default_factory=dict)
     """How plans are scored (planner.objectives.ObjectiveConfig as a dict: distance, reduce, disagreement,
     approach, ...), the checkpoint's planner defaults included."""

@@ -196,6 +196,13 @@ def test_side_by_side_camera_is_each_view_squeezed_into_half_the_columns():
         assert not np.array_equal(moved["image"][:, half], obs["image"][:, half])
 
 
+def test_image_camera_names_the_view_a_store_was_rendered_from():
+    assert envs.image_camera("ArmPickPlace-v0", {}) == "table"
+    assert envs.image_camera("ArmReach-v0", {"image_size": 32}) == "workspace"
+    assert envs.image_camera("ArmPickPlace-v0", {"camera": "table+workspace"}) == "table+workspace"
+    assert envs.image_camera("gym:Pusher-v5", {}) is None
+
+
 def test_pick_place_subgoals_pregrasp_grasp_lift_then_goal():
     env = envs.make_env("ArmPickPlace-v0")
     obs, info = env.reset(seed=4)

@@ -216,6 +216,7 @@ def test_server_reports_and_keeps_the_action_dims(tiny_ckpt):
         # the cost the plans are scored by, and the sub-goals' threshold (no sub-goal calibration: the goal's)
         assert model["objective"] == asdict(backend.agent.objective) and model["objective"]["approach"] == 0
         assert model["subgoal_energy_threshold"] == model["goal_energy_threshold"]
+        assert model["camera"] == "workspace"  # the images to send: the training env's (reach: its default)
         frame, goal = (encode_base64_png(np.full((32, 32, 3), v, np.uint8)) for v in (90, 160))
         r = client.post("/v1/plan", json={"observation": {"image": frame}, "goal": {"image": goal},
                                           "planner": {"solver": "mppi"}})
