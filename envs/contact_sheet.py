@@ -1,6 +1,7 @@
 """Contact sheets: a PNG grid of start and goal images (at the env's image size) for several seeds per task.
 
     MUJOCO_GL=egl python -m envs.contact_sheet [--out docs/img] [--seeds 6] [--image-size 64] [--scale 3]
+        [--camera table+workspace --env ArmPickPlace-v0]
 
 Each row is one seed: start image | goal image | start image of the wrist camera. Pixels are upscaled by
 `--scale` (nearest neighbour) so a person sees exactly what a 64x64 model sees.
@@ -20,9 +21,10 @@ import envs
 GAP = 2
 
 
-def sheet(env_id: str, seeds: int, image_size: int) -> np.ndarray:
-    """uint8 [seeds*(S+GAP), 3*(S+GAP), 3]: per row start | goal | wrist-camera start."""
-    env = envs.make_env(env_id, image_size=image_size)
+def sheet(env_id: str, seeds: int, image_size: int, camera: str | None = None) -> np.ndarray:
+    """uint8 [seeds*(S+GAP), 3*(S+GAP), 3]: per row start | goal (from `camera`, default the task's) |
+    wrist-camera start."""
+    env = envs.make_env(env_id, image_size=image_size, camera=camera)
     wrist = envs.make_env(env_id, image_size=image_size, camera="wrist", render_goal=False)
     s = image_size + GAP
     out = np.full((seeds * s, 3 * s, 3), 255, np.uint8)
@@ -53,14 +55,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=6, help="rows (seeds 0..N-1) per task")
     p.add_argument("--image-size", type=int, default=64, help="rendered image size in pixels")
     p.add_argument("--scale", type=int, default=3, help="nearest-neighbour upscaling for viewing")
+    p.add_argument("--camera", default=None,
+                   help="start and goal camera, e.g. table+workspace (default: the task's)")
+    p.add_argument("--env", action="append", dest="env_ids", help="only this task (repeatable; default: all)")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.scale < 1:
         p.error("--seeds and --scale must be >= 1")
     os.makedirs(args.out, exist_ok=True)
-    for env_id in envs.known_env_ids():
-        grid = sheet(env_id, args.seeds, args.image_size)
+    for env_id in args.env_ids or envs.known_env_ids():
+        grid = sheet(env_id, args.seeds, args.image_size, args.camera)
         grid = np.repeat(np.repeat(grid, args.scale, axis=0), args.scale, axis=1)
         name = env_id.split("-")[0].removeprefix("Arm").lower()
+        if args.camera:
+            name += "_" + args.camera.replace("+", "_")
         path = os.path.join(args.out, f"contact_sheet_{name}.png")
         write_png(path, grid)
         print(f"wrote {path} ({grid.shape[1]}x{grid.shape[0]})")
