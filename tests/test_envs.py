@@ -196,6 +196,15 @@ def test_side_by_side_camera_is_each_view_squeezed_into_half_the_columns():
         assert not np.array_equal(moved["image"][:, half], obs["image"][:, half])
 
 
+def test_contact_sheet_rows_show_the_chosen_camera():
+    from envs.contact_sheet import GAP, sheet
+
+    grid = sheet("ArmPickPlace-v0", 1, 32, camera="table+workspace")
+    assert grid.shape == (32 + GAP, 3 * (32 + GAP), 3)
+    start, _ = envs.make_env("ArmPickPlace-v0", image_size=32, camera="table+workspace").reset(seed=0)
+    np.testing.assert_array_equal(grid[:32, :32], start["image"])
+
+
 def test_image_camera_names_the_view_a_store_was_rendered_from():
     assert envs.image_camera("ArmPickPlace-v0", {}) == "table"
     assert envs.image_camera("ArmReach-v0", {"image_size": 32}) == "workspace"
