@@ -75,8 +75,8 @@ def scale_box_geom(model: mujoco.MjModel, geom: int, base: dict[str, np.ndarray]
 GOAL_REGIONS = ("train", "shifted")
 """`train`: goals from the task's own region (what evaluation uses); `shifted`: a generalization test, goals
 from a region next to it (reach only, envs/reach.py)."""
-CAMERAS = ("workspace", "table", "wrist")
-AIMED_CAMERAS = {"workspace": "look_target", "table": "table_target"}
+CAMERAS = ("workspace", "table", "table_high", "wrist")
+AIMED_CAMERAS = {"workspace": "look_target", "table": "table_target", "table_high": "table_target"}
 """Fixed cameras that aim at a target body (camera_offset and camera_turn_deg apply to these)."""
 VIEW_SEPARATOR = "+"
 """Joins several CAMERAS into one `camera` kwarg (e.g. "table+workspace"): the views side by side."""

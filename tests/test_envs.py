@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -177,6 +178,33 @@ def test_block_tasks_default_to_the_closer_table_camera():
         red[camera] = int(((im[..., 0] > 150) & (im[..., 1] < 80) & (im[..., 2] < 80)).sum())
     assert envs.make_env("ArmPush-v0").unwrapped.camera == "table"
     assert red["table"] >= 1.5 * red["workspace"] > 0
+
+
+def _red_centroid(image: np.ndarray) -> np.ndarray:
+    im = image.astype(int)
+    rows, cols = np.nonzero((im[..., 0] > 150) & (im[..., 1] < 80) & (im[..., 2] < 80))
+    assert rows.size > 0, "no block pixels"
+    return np.array([rows.mean(), cols.mean()])
+
+
+def test_table_high_camera_mistakes_a_lift_for_a_smaller_move_than_the_table_camera():
+    """A block lifted 10 cm lands, in one image, where some table position would: a read-out linear in the
+    image (the block probe) takes the lift for a horizontal move. From the steeper `table_high` view that
+    phantom move is under half as long as from the `table` view (measured in units of a real 5 cm move)."""
+    phantom = {}
+    for camera in ("table", "table_high"):
+        env = envs.make_env("ArmPickPlace-v0", camera=camera, image_size=128).unwrapped
+        env.reset(seed=0)
+        env._place_arm(np.array([0.15, 0.25, 0.30]), gripper=1.0)
+        adr = env.model.joint("block").qposadr[0]
+        centroids = []
+        for xyz in ((0.40, -0.10, 0.025), (0.40, -0.05, 0.025), (0.40, -0.10, 0.125)):
+            env.data.qpos[adr : adr + 7] = [*xyz, 1.0, 0.0, 0.0, 0.0]
+            mujoco.mj_forward(env.model, env.data)
+            centroids.append(_red_centroid(env.render()))
+        move, lift = centroids[1] - centroids[0], centroids[2] - centroids[0]
+        phantom[camera] = float(np.linalg.norm(lift) / np.linalg.norm(move))
+    assert phantom["table_high"] < 0.5 * phantom["table"], phantom
 
 
 def test_side_by_side_camera_is_each_view_squeezed_into_half_the_columns():
