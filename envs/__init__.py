@@ -32,7 +32,7 @@ def _env_class(env_id: str):
 
 
 def make_env(env_id: str, **kwargs) -> gymnasium.Env:
-    """Build an env by id; kwargs: image_size (64), camera ("workspace"|"table"|"wrist", or
+    """Build an env by id; kwargs: image_size (64), camera ("workspace"|"table"|"table_high"|"wrist", or
     several joined by "+", e.g. "table+workspace": the views side by side in one image; default: the
     task's, "table" for the block tasks), render_goal (True), camera_offset ((0, 0, 0) metres, shifts the
     camera), camera_turn_deg (0, turns it about the vertical axis), block_rgba (None; block tasks),

@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("planner.collect", "CollectConfig"),
     "quality": ("planner.quality", "QualityConfig"),
+    "probe-ceiling": ("planner.probe_ceiling", "ProbeCeilingConfig"),
     "import": ("planner.importers", "ImportConfig"),  # module name differs: `import` is a keyword
     "export": ("planner.export", "ExportConfig"),
     "train": ("planner.train", "TrainConfig"),
