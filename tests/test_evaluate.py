@@ -292,6 +292,15 @@ def test_shards_merge_into_the_full_evaluation(tiny_ckpt, tmp_path):
     evaluate(EvalConfig(episodes=1, first_episode=0, json=str(other), **dict(kw, samples=6)))
     with pytest.raises(ValueError, match="samples"):
         merge([paths[0], other])
+    # shards whose simulator baseline ran on each one's first seed only: the sample keeps its gap
+    sampled = [tmp_path / f"sim{first}.json" for first in (0, 2)]
+    for first, path in zip((0, 2), sampled, strict=True):
+        evaluate(EvalConfig(episodes=2, first_episode=first, sim_episodes=1, json=str(path), **kw))
+    joined = merge(sampled)
+    assert [e["index"] for e in joined["per_episode"]] == [0, 1, 2, 3]
+    assert [e["index"] for e in joined["baselines"]["random"]["per_episode"]] == [0, 1, 2, 3]
+    assert [e["index"] for e in joined["baselines"]["simulator"]["per_episode"]] == [0, 2]
+    assert joined["baselines"]["simulator"]["episodes"] == 2
 
 
 def test_merge_takes_results_written_before_shards_existed(tmp_path):
