@@ -231,6 +231,8 @@ def simulator_objective(env, snapshot: np.ndarray, reduce: ObjectiveConfig, targ
 # ------------------------------------------------------------------------------------------- episodes
 
 
+SAMPLED_BASELINES = frozenset({"simulator"})
+"""Baselines run on only the first `--sim-episodes` seeds of a run: shards of one evaluation leave gaps."""
 IMPROVING = 0.8
 """A plan counts as improving when its final energy is below this fraction of the current energy."""
 
@@ -568,7 +570,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                                 strict=True)]
         sim_cfg = with_action_dims(make_solver(solver_cfg.name, samples=cfg.sim_samples,
                                                iterations=cfg.sim_iterations), solver_cfg)
-        n_sim = cfg.sim_episodes or len(seeds)
+        n_sim = cfg.sim_episodes or len(seeds)  # the one SAMPLED_BASELINES entry
         t0 = time.perf_counter()
         sim_objective = ObjectiveConfig() if is_policy else agent.objective
         sim = [dict(run_simulator_episode(env, sim_cfg, cfg.sim_horizon, s, steps, sim_objective, subgoals),

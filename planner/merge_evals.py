@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.evaluate import read_eval_json, summarize, write_json_atomic
+from planner.evaluate import SAMPLED_BASELINES, read_eval_json, summarize, write_json_atomic
 
 PROTOCOL_KEYS = ("env", "env_kwargs", "camera_offset", "checkpoint_sha256", "solver", "samples",
                  "iterations", "horizon", "model_type", "objective", "seed", "success_threshold",
@@ -87,8 +87,7 @@ def merge(paths: list[str | Path]) -> dict:
         for name in shards[0][1]["baselines"]:
             blocks = [(p, res["baselines"][name], f) for p, res, f in with_baselines]
             _check_same(f"baseline {name}", [(p, b) for p, b, _ in blocks], BASELINE_KEYS)
-            # the simulator baseline runs on each shard's first --sim-episodes seeds: a sample with gaps
-            sampled = name == "simulator"
+            sampled = name in SAMPLED_BASELINES
             out = dict(blocks[0][1], **_summary(_join(f"baseline {name}", blocks, contiguous=not sampled)))
             if "wall_s" in out:
                 out["wall_s"] = float(sum(b.get("wall_s", 0.0) for _, b, _ in blocks))

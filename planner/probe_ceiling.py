@@ -20,8 +20,6 @@ import numpy as np
 
 from planner import metrics
 
-FIXED_CAMERAS_ONLY = "the wrist camera moves with the hand: it has no fixed projection"
-
 
 @dataclass
 class ProbeCeilingConfig:
@@ -37,8 +35,6 @@ class ProbeCeilingConfig:
     """Frames whose point is this far above its median height count as lifted (reported apart)."""
     ridge: float = 1e-3
     """The probe's penalty (`planner quality`'s); 0 for plain least squares."""
-    image_size: int = 64
-    """Pixel units of the reported coordinates (the probe's R^2 does not depend on it)."""
     json: Path | None = None
     """Write the report here (atomically)."""
 
@@ -48,11 +44,12 @@ def camera_pixels(model, camera: str, points: np.ndarray, image_size: int = 64) 
     compiled MuJoCo model, as its renderer draws them at image_size x image_size."""
     import mujoco
 
-    if camera == "wrist":
-        raise ValueError(FIXED_CAMERAS_ONLY)
+    cam = model.camera(camera).id
+    if model.cam_bodyid[cam] != 0:
+        raise ValueError(f"camera {camera!r} moves with body {model.body(model.cam_bodyid[cam]).name!r}: "
+                         "it has no fixed projection")
     data = mujoco.MjData(model)
     mujoco.mj_forward(model, data)
-    cam = model.camera(camera).id
     rel = (np.asarray(points, np.float64) - data.cam_xpos[cam]) @ data.cam_xmat[cam].reshape(3, 3)
     depth = -rel[:, 2]  # the camera looks along its -z axis
     if np.any(depth <= 0):
@@ -62,8 +59,7 @@ def camera_pixels(model, camera: str, points: np.ndarray, image_size: int = 64) 
     return np.stack([centre + focal * rel[:, 0] / depth, centre - focal * rel[:, 1] / depth], axis=1)
 
 
-def view_features(env_id: str, env_kwargs: dict, camera: str, points: np.ndarray,
-                  image_size: int = 64) -> np.ndarray:
+def view_features(env_id: str, env_kwargs: dict, camera: str, points: np.ndarray) -> np.ndarray:
     """Concatenated pixel coordinates [N, 2 * views] of points [N, 3] in each view of `camera`, in the env
     the store was collected from (its camera offset and turn applied) with `camera` in place of its own."""
     import envs
@@ -73,7 +69,7 @@ def view_features(env_id: str, env_kwargs: dict, camera: str, points: np.ndarray
         views = getattr(env, "views", None)
         if views is None:
             raise ValueError(f"{env_id} has no named fixed cameras (the arm tasks do)")
-        return np.concatenate([camera_pixels(env.model, v, points, image_size) for v in views], axis=1)
+        return np.concatenate([camera_pixels(env.model, v, points) for v in views], axis=1)
     finally:
         env.close()
 
@@ -117,9 +113,10 @@ def run(cfg: ProbeCeilingConfig) -> dict:
               "cameras": {}}
     env_id, kwargs = store.meta.env_id, store.meta.env_kwargs
     for camera in cfg.cameras:
-        feats = [view_features(env_id, kwargs, camera, p, cfg.image_size) for p in (p_train, p_val)]
-        report["cameras"][camera] = res = ceiling_r2(feats[0], p_train[:, :2], feats[1], p_val[:, :2], lifted,
-                                                           cfg.ridge)
+        feats = view_features(env_id, kwargs, camera, np.concatenate([p_train, p_val]))  # one env per camera
+        f_train, f_val = feats[:len(p_train)], feats[len(p_train):]
+        report["cameras"][camera] = res = ceiling_r2(f_train, p_train[:, :2], f_val, p_val[:, :2], lifted,
+                                                     cfg.ridge)
         print(f"{camera:24s} x / y R^2 all {_fmt(res['r2_xy'])}   on the table {_fmt(res['r2_xy_on_table'])}"
               f"   lifted {_fmt(res['r2_xy_lifted'])}")
     print(f"{len(p_val)} validation frames of {cfg.data}, {100 * lifted.mean():.1f}% lifted "

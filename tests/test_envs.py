@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 
-import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
+from tests.block_scene import block_scene, red_centroid, red_mask, render_block_at
 
 IDS = ["ArmReach-v0", "ArmPush-v0", "ArmPickPlace-v0"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,17 +174,9 @@ def test_block_tasks_default_to_the_closer_table_camera():
         env = envs.make_env("ArmPush-v0", camera=camera)
         assert env.unwrapped.camera == camera
         obs, _ = env.reset(seed=3)
-        im = obs["image"].astype(int)
-        red[camera] = int(((im[..., 0] > 150) & (im[..., 1] < 80) & (im[..., 2] < 80)).sum())
+        red[camera] = int(red_mask(obs["image"]).sum())
     assert envs.make_env("ArmPush-v0").unwrapped.camera == "table"
     assert red["table"] >= 1.5 * red["workspace"] > 0
-
-
-def _red_centroid(image: np.ndarray) -> np.ndarray:
-    im = image.astype(int)
-    rows, cols = np.nonzero((im[..., 0] > 150) & (im[..., 1] < 80) & (im[..., 2] < 80))
-    assert rows.size > 0, "no block pixels"
-    return np.array([rows.mean(), cols.mean()])
 
 
 def test_table_high_camera_mistakes_a_lift_for_a_smaller_move_than_the_table_camera():
@@ -193,16 +185,10 @@ def test_table_high_camera_mistakes_a_lift_for_a_smaller_move_than_the_table_cam
     phantom move is under half as long as from the `table` view (measured in units of a real 5 cm move)."""
     phantom = {}
     for camera in ("table", "table_high"):
-        env = envs.make_env("ArmPickPlace-v0", camera=camera, image_size=128).unwrapped
-        env.reset(seed=0)
-        env._place_arm(np.array([0.15, 0.25, 0.30]), gripper=1.0)
-        adr = env.model.joint("block").qposadr[0]
-        centroids = []
-        for xyz in ((0.40, -0.10, 0.025), (0.40, -0.05, 0.025), (0.40, -0.10, 0.125)):
-            env.data.qpos[adr : adr + 7] = [*xyz, 1.0, 0.0, 0.0, 0.0]
-            mujoco.mj_forward(env.model, env.data)
-            centroids.append(_red_centroid(env.render()))
-        move, lift = centroids[1] - centroids[0], centroids[2] - centroids[0]
+        env = block_scene(camera)
+        at = [red_centroid(render_block_at(env, xyz))
+              for xyz in ((0.40, -0.10, 0.025), (0.40, -0.05, 0.025), (0.40, -0.10, 0.125))]
+        move, lift = at[1] - at[0], at[2] - at[0]
         phantom[camera] = float(np.linalg.norm(lift) / np.linalg.norm(move))
     assert phantom["table_high"] < 0.5 * phantom["table"], phantom
 

@@ -3,32 +3,19 @@ says (exact on the table plane, cut by lifted points, less so from the steeper c
 
 import json
 
-import mujoco
 import numpy as np
 import pytest
 
-import envs
 from planner.collect import CollectConfig, collect
 from planner.probe_ceiling import ProbeCeilingConfig, camera_pixels, ceiling_r2, run, view_features
-
-
-def _red_centroid(image: np.ndarray) -> np.ndarray:
-    im = image.astype(int)
-    rows, cols = np.nonzero((im[..., 0] > 150) & (im[..., 1] < 80) & (im[..., 2] < 80))
-    assert rows.size > 20, "no block in view"
-    return np.array([cols.mean(), rows.mean()])
+from tests.block_scene import block_scene, red_centroid, render_block_at
 
 
 @pytest.mark.parametrize("camera", ["table", "table_high", "workspace"])
 def test_projected_block_centre_is_where_the_renderer_draws_the_block(camera):
-    env = envs.make_env("ArmPickPlace-v0", camera=camera, image_size=128).unwrapped
-    env.reset(seed=0)
-    env._place_arm(np.array([0.15, 0.25, 0.30]), gripper=1.0)
-    adr = env.model.joint("block").qposadr[0]
+    env = block_scene(camera)
     for xyz in ((0.40, -0.10, 0.025), (0.30, 0.12, 0.025), (0.45, 0.0, 0.15)):
-        env.data.qpos[adr : adr + 7] = [*xyz, 1.0, 0.0, 0.0, 0.0]
-        mujoco.mj_forward(env.model, env.data)
-        drawn = _red_centroid(env.render())
+        drawn = red_centroid(render_block_at(env, xyz), min_pixels=21)
         projected = camera_pixels(env.model, camera, np.array([xyz]), image_size=128)[0]
         assert np.abs(drawn - projected).max() < 2.0, (xyz, drawn, projected)
 
