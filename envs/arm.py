@@ -47,8 +47,8 @@ ARM_JOINTS = ("yaw", "shoulder", "elbow", "wrist")
 DOWN = np.array([0.0, 0.0, -1.0])
 _ROT_WEIGHT = 0.2  # metres per radian: weight of the hand-pointing-down row in the IK
 _DAMPING = 0.02  # DLS damping lambda
-KWARGS = ("image_size", "camera", "render_goal", "camera_offset", "camera_turn_deg", "render_mode",
-          "block_rgba", "goal_region", "block_scale_range")
+KWARGS = ("image_size", "camera", "view_layout", "render_goal", "camera_offset", "camera_turn_deg",
+          "render_mode", "block_rgba", "goal_region", "block_scale_range")
 TRAINING_ONLY_KWARGS = ("block_scale_range",)
 """Kwargs that vary the training data (domain randomization), not the task: evaluations that take a
 checkpoint's env kwargs from its training data drop them (`task_kwargs`) and test on the task itself."""
@@ -80,6 +80,10 @@ AIMED_CAMERAS = {"workspace": "look_target", "table": "table_target", "table_hig
 """Fixed cameras that aim at a target body (camera_offset and camera_turn_deg apply to these)."""
 VIEW_SEPARATOR = "+"
 """Joins several CAMERAS into one `camera` kwarg (e.g. "table+workspace"): the views side by side."""
+VIEW_LAYOUTS = ("squeeze", "wide")
+"""How several views share the image: `squeeze`, one square image_size x image_size, each view squeezed to
+image_size / V columns (side_by_side); `wide`, V whole image_size x image_size views, an image_size x
+(V * image_size) image."""
 
 
 def camera_views(camera: str) -> tuple[str, ...]:
@@ -89,6 +93,15 @@ def camera_views(camera: str) -> tuple[str, ...]:
         raise ValueError(f"camera must be one of {CAMERAS} or distinct ones joined by {VIEW_SEPARATOR!r} "
                          f"(e.g. 'table+workspace'), got {camera!r}")
     return views
+
+
+def image_views(env_kwargs: dict) -> int:
+    """V: whole square views side by side in the images of an arm env made with env_kwargs (1 unless
+    `view_layout="wide"` with several cameras); a store's preprocessing rule records it."""
+    camera = env_kwargs.get("camera")
+    if env_kwargs.get("view_layout", "squeeze") != "wide" or camera is None:
+        return 1
+    return len(camera_views(camera))
 
 
 def side_by_side(frames: list[np.ndarray]) -> np.ndarray:
@@ -161,6 +174,7 @@ class ArmEnv(gym.Env):
         self,
         image_size: int = 64,
         camera: str | None = None,
+        view_layout: str = "squeeze",
         render_goal: bool = True,
         camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
         camera_turn_deg: float = 0.0,
@@ -175,7 +189,9 @@ class ArmEnv(gym.Env):
             raise ValueError(f"image_size must be between 8 and 640 pixels, got {image_size}")
         camera = self.default_camera if camera is None else camera
         views = camera_views(camera)
-        if image_size % len(views):
+        if view_layout not in VIEW_LAYOUTS:
+            raise ValueError(f"view_layout must be one of {VIEW_LAYOUTS}, got {view_layout!r}")
+        if view_layout == "squeeze" and image_size % len(views):
             raise ValueError(f"camera {camera!r} puts {len(views)} views side by side: image_size must be "
                              f"divisible by {len(views)}, got {image_size}")
         if not isinstance(render_goal, bool):
@@ -205,6 +221,10 @@ class ArmEnv(gym.Env):
         self.camera = camera
         self.views = views
         """The cameras rendered into each image, left to right (camera_views)."""
+        self.view_layout = view_layout
+        wide = len(views) if view_layout == "wide" else 1
+        self.image_shape = (self.image_size, wide * self.image_size, 3)
+        """(H, W, 3) of every rendered image."""
         self.render_goal = render_goal
         self.render_mode = "rgb_array"
         self.model = load_model(self.has_block, offset, float(camera_turn_deg), camera, block_rgba)
@@ -229,7 +249,7 @@ class ArmEnv(gym.Env):
 
         n_proprio = 4 + len(ARM_JOINTS)
         self.observation_space = gym.spaces.Dict(
-            image=gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8),
+            image=gym.spaces.Box(0, 255, self.image_shape, np.uint8),
             proprio=gym.spaces.Box(-np.inf, np.inf, (n_proprio,), np.float32),
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -351,13 +371,15 @@ class ArmEnv(gym.Env):
         mujoco.mj_forward(self.model, self.data)
 
     def render(self) -> np.ndarray:
-        """RGB uint8 [image_size, image_size, 3] from the chosen camera, or its views side by side
-        (side_by_side)."""
+        """RGB uint8 image_shape from the chosen camera, or its views side by side (squeezed by side_by_side,
+        or whole with view_layout="wide")."""
         frames = []
         for view in self.views:
             self._renderer.update_scene(self.data, camera=view)
             frames.append(self._renderer.render().copy())
-        return frames[0] if len(frames) == 1 else side_by_side(frames)
+        if len(frames) == 1:
+            return frames[0]
+        return np.concatenate(frames, axis=1) if self.view_layout == "wide" else side_by_side(frames)
 
     def close(self) -> None:
         self._renderer.close()

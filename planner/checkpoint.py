@@ -206,6 +206,12 @@ def read_config(path: str | os.PathLike) -> dict:
             f"{cfg_path}: image.size {cfg['image'].get('size')} does not match architecture.image_size "
             f"{arch['image_size']}"
         )
+    views = int((cfg["image"].get("preprocessing") or {}).get("views", 1))
+    if views != int(arch.get("image_views", 1)):
+        raise CheckpointError(
+            f"{cfg_path}: image.preprocessing.views {views} does not match architecture.image_views "
+            f"{arch.get('image_views', 1)}"
+        )
     try:
         PlannerDefaults.from_config(cfg)
     except (TypeError, ValueError) as e:

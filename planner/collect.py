@@ -304,7 +304,9 @@ def planner_policy_factory(cfg: CollectConfig) -> PolicyFactory:
 
 def open_or_create(cfg: CollectConfig, env_kwargs: dict, make_env: EnvFactory) -> TrajectoryStore:
     """The store to write: a new one, or (with --resume) an existing one checked for compatibility."""
-    rule = Preprocessing(size=cfg.image_size)
+    from envs.arm import image_views
+
+    rule = Preprocessing(size=cfg.image_size, views=image_views(env_kwargs))
     out = Path(cfg.out)
     if (out / META_FILE).exists():
         store = TrajectoryStore.open(out)

@@ -30,7 +30,7 @@ from planner.objectives import (
     make_objective,
 )
 from planner.planner_defaults import PlannerDefaults
-from planner.preprocess import images_to_model_input
+from planner.preprocess import Preprocessing, images_to_model_input
 from planner.solvers import (
     SolverConfig,
     make_solver,
@@ -168,6 +168,8 @@ class MPCAgent:
                              self.solver.low, self.solver.high)
         self.history_len = int(cfg["history_len"])
         self.image_size = int(cfg["image"]["size"])
+        self.image_shape = Preprocessing.from_checkpoint_config(cfg).shape
+        """(S, V*S, 3): what encode takes, V square views side by side (1 for most models)."""
         threshold = cfg.get("goal_energy_threshold")
         self.goal_energy_threshold = float("nan") if threshold is None else float(threshold)
         calibration = cfg.get("goal_energy_calibration") or {}
@@ -212,10 +214,11 @@ class MPCAgent:
 
     def _check_images(self, images, shape_hint: str) -> np.ndarray:
         images = np.asarray(images)
-        s = self.image_size
-        if images.dtype != np.uint8 or images.shape[-3:] != (s, s, 3):
+        h, w, _ = self.image_shape
+        if images.dtype != np.uint8 or images.shape[-3:] != self.image_shape:
+            views = "" if w == h else f" and {w // h} views side by side ([..,S,{w},3])"
             raise ValueError(
-                f"images must be {shape_hint} uint8 RGB with S={s} (this checkpoint's image size; "
+                f"images must be {shape_hint} uint8 RGB with S={h} (this checkpoint's image size{views}; "
                 f"preprocess with planner.preprocess.preprocess_image), got {images.dtype} {images.shape}"
             )
         return images

@@ -14,25 +14,38 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """RGB uint8 HxWx3 of any size -> RGB uint8 size x size x 3."""
+    """RGB uint8 HxWx3 of any size -> RGB uint8 size x (views * size) x 3."""
 
     size: int = 64
-    """Output side length in pixels (square)."""
+    """Output side length of each view in pixels (square)."""
     crop: str = "center"
     """`center`: crop the largest centred square first; `none`: resize the full frame (aspect changes)."""
+    views: int = 1
+    """V: square views side by side in the image (an env's `view_layout="wide"`): the input is cut into V
+    panels of equal width, each preprocessed by the rule, and they are put back side by side."""
 
     def __post_init__(self) -> None:
         if self.size < 8:
             raise ValueError(f"preprocessing size must be >= 8, got {self.size}")
         if self.crop not in ("center", "none"):
             raise ValueError(f"preprocessing crop must be 'center' or 'none', got {self.crop!r}")
+        if isinstance(self.views, bool) or not isinstance(self.views, int) or not 1 <= self.views <= 8:
+            raise ValueError(f"preprocessing views must be an int in 1..8, got {self.views!r}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(H, W, 3) of a preprocessed image: (size, views * size, 3)."""
+        return self.size, self.views * self.size, 3
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.views == 1:
+            del d["views"]  # one view: the dict (and stores' fingerprints) as before views existed
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(size=int(d["size"]), crop=str(d.get("crop", "center")))
+        return cls(size=int(d["size"]), crop=str(d.get("crop", "center")), views=int(d.get("views", 1)))
 
     @classmethod
     def from_checkpoint_config(cls, config: dict) -> Preprocessing:
@@ -52,8 +65,19 @@ def check_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
 
 
 def preprocess_image(image: np.ndarray, rule: Preprocessing) -> np.ndarray:
-    """RGB uint8 [H,W,3] -> RGB uint8 [size,size,3] by the rule (identity when already that size)."""
+    """RGB uint8 [H,W,3] -> RGB uint8 rule.shape, [size,V*size,3] (identity when already that shape)."""
     image = check_rgb_uint8(image)
+    if rule.views == 1:
+        return _preprocess_view(image, rule)
+    if image.shape[1] % rule.views:
+        raise ValueError(f"image holds {rule.views} views side by side: its width must be divisible by "
+                         f"{rule.views}, got shape {tuple(image.shape)}")
+    panels = np.split(image, rule.views, axis=1)
+    return np.concatenate([_preprocess_view(np.ascontiguousarray(p), rule) for p in panels], axis=1)
+
+
+def _preprocess_view(image: np.ndarray, rule: Preprocessing) -> np.ndarray:
+    """One view, RGB uint8 [H,W,3] -> [size,size,3]."""
     h, w, _ = image.shape
     if rule.crop == "center" and h != w:
         s = min(h, w)

@@ -105,6 +105,11 @@ class StoreMeta:
         return int(self.preprocessing["size"])
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, 3) of the stored images: (S, V*S, 3) with V the rule's side-by-side views."""
+        return Preprocessing.from_dict(self.preprocessing).shape
+
+    @property
     def action_dim(self) -> int:
         return int(self.action_spec["dim"])
 
@@ -180,14 +185,14 @@ class Episode:
         if problems:
             return problems
         t = self.length
-        s = meta.image_size
+        shape = meta.image_shape
         want = {
-            "images": (t + 1, s, s, 3),
+            "images": (t + 1, *shape),
             "proprio": (t + 1, int(meta.proprio_spec["dim"])),
             "actions": (t, meta.action_dim),
             "task_state": (t + 1, int(meta.task_state_spec["dim"])),
             "snapshots": (t + 1, meta.snapshot_dim),
-            "goal_image": (s, s, 3),
+            "goal_image": shape,
             "goal_task_state": (int(meta.task_state_spec["dim"]),),
         }
         for name, shape in want.items():

@@ -150,11 +150,11 @@ class SurpriseResult:
 # Scoring
 
 
-def _check_clip(frames: np.ndarray, actions: np.ndarray, image_size: int, action_dim: int):
+def _check_clip(frames: np.ndarray, actions: np.ndarray, image_shape: tuple[int, int], action_dim: int):
     frames, actions = np.asarray(frames), np.asarray(actions, dtype=np.float32)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (image_size, image_size, 3):
-        raise ValueError(f"frames must be uint8 [T+1,{image_size},{image_size},3], got {frames.dtype} "
-                         f"{tuple(frames.shape)}")
+    h, w = image_shape
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (h, w, 3):
+        raise ValueError(f"frames must be uint8 [T+1,{h},{w},3], got {frames.dtype} {tuple(frames.shape)}")
     if actions.ndim != 2 or actions.shape[1] != action_dim or len(frames) != len(actions) + 1:
         raise ValueError(f"actions must be [T,{action_dim}] with T = frames - 1 = {len(frames) - 1}, got "
                          f"{tuple(actions.shape)}")
@@ -181,9 +181,10 @@ def history_windows(z: torch.Tensor, actions: torch.Tensor, k: int) -> tuple[tor
 @torch.no_grad()
 def predictions(model, frames: np.ndarray, actions: np.ndarray, device: str | torch.device = "cpu"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """frames uint8 [T+1,S,S,3], actions [T,A] normalized -> (predicted z[1..T], encoded z[1..T]), [T,D]."""
+    """frames uint8 [T+1,S,V*S,3], actions [T,A] normalized -> (predicted z[1..T], encoded z[1..T]), [T,D]."""
     cfg = model.cfg
-    frames, actions = _check_clip(frames, actions, cfg.image_size, cfg.action_dim)
+    views = getattr(cfg, "image_views", 1)  # pixel-space baselines take one square view
+    frames, actions = _check_clip(frames, actions, (cfg.image_size, views * cfg.image_size), cfg.action_dim)
     z = model.encode(images_to_model_input(np.ascontiguousarray(frames), device=device)).float()
     a = torch.as_tensor(actions, device=z.device)
     z_hist, a_hist = history_windows(z, a, model.history_len)

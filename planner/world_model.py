@@ -22,7 +22,11 @@ class WorldModelConfig:
     """Architecture of the JEPA world model (recorded in config.json under `architecture`)."""
 
     image_size: int = 64
-    """Square input side in pixels; must be divisible by 2**len(enc_channels)."""
+    """S: side in pixels of each square view; must be divisible by 2**len(enc_channels)."""
+    image_views: int = 1
+    """V: square views side by side in each image ([3,S,V*S], an env's `view_layout="wide"`). Each view goes
+    through the same conv layers on its own and has its own P keypoints; the linear head reads all of them
+    (V * 2P keypoint coordinates, and with enc_keypoint_latent all V * 2P in the latent)."""
     action_dim: int = 4
     """A: normalized action dimension."""
     latent_dim: int = 64
@@ -74,15 +78,17 @@ class WorldModelConfig:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by 2**{n} (one halving per encoder layer)"
             )
-        for name in ("action_dim", "latent_dim", "history_len", "pred_hidden", "pred_ensemble"):
+        for name in ("image_views", "action_dim", "latent_dim", "history_len", "pred_hidden",
+                     "pred_ensemble"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.enc_keypoints < 0 or not 1 <= self.enc_keypoint_layer <= n:
             raise ValueError(f"enc_keypoints must be >= 0 and enc_keypoint_layer in 1..{n}, got "
                              f"{self.enc_keypoints}, {self.enc_keypoint_layer}")
-        if self.enc_keypoint_latent and not 0 < 2 * self.enc_keypoints < self.latent_dim:
-            raise ValueError(f"enc_keypoint_latent needs 0 < 2 * enc_keypoints < latent_dim, got "
-                             f"{self.enc_keypoints} keypoints and latent_dim {self.latent_dim}")
+        if self.enc_keypoint_latent and not 0 < 2 * self.enc_keypoints * self.image_views < self.latent_dim:
+            raise ValueError("enc_keypoint_latent needs 0 < 2 * enc_keypoints * image_views < latent_dim, "
+                             f"got {self.enc_keypoints} keypoints, {self.image_views} views and latent_dim "
+                             f"{self.latent_dim}")
         if any(c % self.enc_groups for c in self.enc_channels):
             raise ValueError(
                 f"enc_channels {self.enc_channels} must be multiples of enc_groups {self.enc_groups}"
@@ -90,9 +96,9 @@ class WorldModelConfig:
 
     @property
     def latent_keypoint_dims(self) -> int:
-        """How many of z's dimensions (the last ones) are keypoint coordinates: 2P with enc_keypoint_latent,
+        """How many of z's dimensions (the last ones) are keypoint coordinates: 2PV with enc_keypoint_latent,
         else 0."""
-        return 2 * self.enc_keypoints if self.enc_keypoint_latent else 0
+        return 2 * self.enc_keypoints * self.image_views if self.enc_keypoint_latent else 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -142,10 +148,10 @@ class CoordConv2d(nn.Conv2d):
 
 
 class Encoder(nn.Module):
-    """images [N,3,S,S] -> z [N,D]: stride-2 conv (CoordConv when cfg.enc_coords) + GroupNorm + SiLU
-    layers, then a linear head (fed also with spatial-softmax keypoints [N,2P] of an intermediate layer when
-    cfg.enc_keypoints > 0; with cfg.enc_keypoint_latent the head gives z[:, :D-2P] and the scaled
-    keypoints are z[:, D-2P:])."""
+    """images [N,3,S,V*S] -> z [N,D]: each of the V views through stride-2 conv (CoordConv when
+    cfg.enc_coords) + GroupNorm + SiLU layers, then one linear head over all views' features (fed also with
+    spatial-softmax keypoints [N,V*2P] of an intermediate layer when cfg.enc_keypoints > 0; with
+    cfg.enc_keypoint_latent the head gives z[:, :D-2PV] and the scaled keypoints are z[:, D-2PV:])."""
 
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
@@ -156,23 +162,34 @@ class Encoder(nn.Module):
             layers += [conv(c_in, c, 4, stride=2, padding=1), nn.GroupNorm(cfg.enc_groups, c), nn.SiLU()]
             c_in = c
         self.convs = nn.Sequential(*layers)
+        self.views = cfg.image_views
         side = cfg.image_size // (2 ** len(cfg.enc_channels))
         self.keypoint_at = 3 * cfg.enc_keypoint_layer - 1  # index in self.convs of that layer's SiLU
         self.keypoints = (SpatialSoftmax(cfg.enc_channels[cfg.enc_keypoint_layer - 1], cfg.enc_keypoints)
                           if cfg.enc_keypoints else None)
         in_latent = cfg.latent_keypoint_dims
         self.keypoint_scale = nn.Parameter(torch.full((in_latent,), 3.0 ** 0.5)) if in_latent else None
-        self.head = nn.Linear(c_in * side * side + 2 * cfg.enc_keypoints, cfg.latent_dim - in_latent)
+        views = cfg.image_views
+        per_view = c_in * side * side + 2 * cfg.enc_keypoints
+        self.head = nn.Linear(views * per_view, cfg.latent_dim - in_latent)
+
+    def split_views(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N,3,S,V*S] -> [N*V,3,S,S], the views of image n at rows n*V .. n*V+V-1."""
+        if self.views == 1:
+            return images
+        n, c, s, _ = images.shape
+        return images.reshape(n, c, s, self.views, s).permute(0, 3, 1, 2, 4).reshape(n * self.views, c, s, s)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0]
         if self.keypoints is None:
-            return self.head(self.convs(images).flatten(1))
-        x, keypoints = images, None
+            return self.head(self.convs(self.split_views(images)).reshape(n, -1))
+        x, keypoints = self.split_views(images), None
         for i, layer in enumerate(self.convs):
             x = layer(x)
             if i == self.keypoint_at:
-                keypoints = self.keypoints(x)
-        z = self.head(torch.cat([x.flatten(1), keypoints], dim=1))
+                keypoints = self.keypoints(x).reshape(n, -1)
+        z = self.head(torch.cat([x.reshape(n, -1), keypoints], dim=1))
         if self.keypoint_scale is None:
             return z
         return torch.cat([z, keypoints * self.keypoint_scale], dim=1)
@@ -229,12 +246,10 @@ class WorldModel(nn.Module):
         return self.cfg.history_len
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images float [B,3,S,S] in [-1,1] -> z [B,D]."""
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] != self.cfg.image_size:
-            raise ValueError(
-                f"encode expects images [B,3,{self.cfg.image_size},{self.cfg.image_size}] in [-1, 1], "
-                f"got {tuple(images.shape)}"
-            )
+        """images float [B,3,S,V*S] in [-1,1] -> z [B,D]."""
+        s, v = self.cfg.image_size, self.cfg.image_views
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, v * s):
+            raise ValueError(f"encode expects images [B,3,{s},{v * s}] in [-1, 1], got {tuple(images.shape)}")
         return self.encoder(images)
 
     def energy_embed(self, z: torch.Tensor) -> torch.Tensor:

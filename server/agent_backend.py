@@ -69,8 +69,8 @@ class AgentBackend:
         return cls(checkpoint.load(path, device), device)
 
     def warmup(self) -> None:
-        s, k = self.spec.image_size, self.spec.history_len
-        frames = np.zeros((1, k, s, s, 3), np.uint8)
+        k = self.spec.history_len
+        frames = np.zeros((1, k, *self.spec.preprocessing.shape), np.uint8)
         goal = self.agent.encode_goal(frames[0, -1])[None]
         self.agent.plan(frames, np.zeros((1, k - 1, self.spec.action_dim), np.float32), goal)
 

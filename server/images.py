@@ -49,13 +49,16 @@ def decode_base64(text: str, what: str = "image") -> np.ndarray:
 
 
 def conform(image: np.ndarray, rule: Preprocessing, resize: bool, what: str = "image") -> np.ndarray:
-    """Check an image against the model's size; resize via the shared preprocessing only if asked."""
+    """Check an image against the model's size (rule.shape: V square views side by side); resize via the
+    shared preprocessing only if asked."""
     h, w, _ = image.shape
-    if h == rule.size and w == rule.size:
+    want_h, want_w, _ = rule.shape
+    if (h, w) == (want_h, want_w):
         return image
     if not resize:
+        views = f" ({rule.views} {rule.size}x{rule.size} views side by side)" if rule.views > 1 else ""
         raise ImageError(
-            f"{what}: got {w}x{h}, the model expects {rule.size}x{rule.size} RGB; "
+            f"{what}: got {w}x{h}, the model expects {want_w}x{want_h} RGB{views}; "
             'send that size or set "resize": true to apply the model\'s preprocessing'
         )
     return preprocess_image(image, rule)

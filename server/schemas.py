@@ -225,7 +225,8 @@ class ModelInfo(BaseModel):
     """Energy at which a sub-goal counts as reached (`goal_reached` with `subgoal_index` < len(subgoals))."""
     camera: str | None = None
     """The camera the model's training images came from ("table", "workspace", or views joined by "+",
-    e.g. "table+workspace": side by side in one image, each squeezed to half the columns): send the same."""
+    e.g. "table+workspace": side by side in one image, each squeezed to half the columns, or whole when
+    `preprocessing.views` is 2, an image_size x 2*image_size image): send the same."""
     objective: dict[str, Any] = {}
     """How plans are scored: planner.objectives.ObjectiveConfig (distance, reduce, disagreement, approach
     term, ...), the checkpoint's planner defaults included."""

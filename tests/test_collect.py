@@ -353,6 +353,26 @@ def test_real_env_cli_collect_and_resume(tmp_path):
         main([*args, "--episodes", "4"])
 
 
+def test_real_env_two_whole_views_are_stored_side_by_side(tmp_path):
+    """view_layout="wide": the store's rule records 2 views and holds S x 2S images (goal included), and a
+    model of one view refuses to train on it."""
+    from planner.train import TrainConfig, TrainError, check_store
+    from planner.world_model import WorldModelConfig
+
+    out = tmp_path / "wide"
+    kwargs = {"camera": "table+workspace", "view_layout": "wide"}
+    collect(CollectConfig(env="ArmPickPlace-v0", episodes=1, steps=2, out=str(out), image_size=16,
+                          env_kwargs=json.dumps(kwargs)), progress=False)
+    store = TrajectoryStore.open(out)
+    assert store.meta.preprocessing == {"size": 16, "crop": "center", "views": 2}
+    assert store.validate() == 1
+    ep = store.read(0)
+    assert ep.images.shape == (3, 16, 32, 3) and ep.goal_image.shape == (16, 32, 3)
+    one_view = WorldModelConfig(image_size=16, enc_channels=(8, 16))
+    with pytest.raises(TrainError, match="hold 2 view.*--model.image-views 2"):
+        check_store(store, TrainConfig(data=out, out=tmp_path / "ck", model=one_view))
+
+
 def test_worker_that_cannot_build_its_env_reports_instead_of_hanging(tmp_path):
     fake_collect(fake_cfg(tmp_path, episodes=1))
     (tmp_path / "meta.json").rename(tmp_path / "meta.bak")

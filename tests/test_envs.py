@@ -132,6 +132,7 @@ def test_unknown_id_lists_known_ones():
         (dict(camera="table+top"), "camera must be one of"),
         (dict(camera="table+table"), "distinct ones"),
         (dict(camera="table+workspace", image_size=63), "divisible by 2"),
+        (dict(camera="table+workspace", view_layout="stacked"), "view_layout must be one of"),
         (dict(camera="table+wrist", camera_offset=(0.01, 0, 0)), "apply to"),
         (dict(render_goal="yes"), "render_goal must be True or False"),
         (dict(imagesize=64), "unknown kwargs.*accepted"),
@@ -208,6 +209,29 @@ def test_side_by_side_camera_is_each_view_squeezed_into_half_the_columns():
     moved, _ = moved_env.reset(seed=5)
     for half in (slice(0, 32), slice(32, 64)):
         assert not np.array_equal(moved["image"][:, half], obs["image"][:, half])
+
+
+def test_wide_layout_puts_whole_views_side_by_side():
+    """view_layout="wide": an S x 2S image, each half the camera's own whole render; goal images alike; a
+    store made with it records the two views in its preprocessing rule."""
+    from envs.arm import image_views
+
+    kwargs = dict(camera="table+workspace", view_layout="wide", image_size=32)
+    wide = envs.make_env("ArmPickPlace-v0", **kwargs)
+    obs, info = wide.reset(seed=5)
+    assert obs["image"].shape == (32, 64, 3) == info["goal_image"].shape
+    assert wide.observation_space["image"].shape == (32, 64, 3)
+    for half, camera in ((slice(0, 32), "table"), (slice(32, 64), "workspace")):
+        single, single_info = envs.make_env("ArmPickPlace-v0", camera=camera, image_size=32).reset(seed=5)
+        np.testing.assert_array_equal(obs["image"][:, half], single["image"])
+        np.testing.assert_array_equal(info["goal_image"][:, half], single_info["goal_image"])
+    assert image_views(kwargs) == 2
+    assert image_views({"camera": "table+workspace"}) == 1  # squeezed into one square
+    assert image_views({"camera": "table", "view_layout": "wide"}) == 1
+    assert image_views({}) == 1
+    # an odd side is fine: nothing is squeezed
+    odd, _ = envs.make_env("ArmPickPlace-v0", **{**kwargs, "image_size": 33}).reset(seed=0)
+    assert odd["image"].shape == (33, 66, 3)
 
 
 def test_contact_sheet_rows_show_the_chosen_camera():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from planner.evaluate import EvalConfig, evaluate, physics_step
-from tests.tiny_checkpoint import save_tiny_reach_model
+from tests.tiny_checkpoint import save_tiny_reach_model, save_tiny_two_view_model
 
 CONTRACT_KEYS = {
     "env", "checkpoint", "checkpoint_sha256", "solver", "samples", "iterations", "horizon", "episodes",
@@ -261,6 +261,23 @@ def test_eval_plans_through_pick_place_subgoals(tiny_ckpt, tmp_path):
     assert strict["subgoals"] and strict["per_episode"][0]["subgoal_reached_at_step"] == []
     off = evaluate(EvalConfig(checkpoint=str(tiny_ckpt), subgoals=False, **kw))
     assert not off["subgoals"] and "subgoals" not in off["per_episode"][0]
+
+
+def test_a_two_view_model_plans_from_the_env_it_was_trained_on(tmp_path):
+    """A model of two whole views (32 x 64 images) evaluates on its training env's wide images, and the
+    service backend warms up and encodes at that shape (a one-view image is refused)."""
+    from server.agent_backend import AgentBackend
+
+    ckpt = save_tiny_two_view_model(tmp_path / "two_view")
+    result = evaluate(EvalConfig(checkpoint=str(ckpt), episodes=1, max_steps=2, samples=4, iterations=1,
+                                 horizon=2, progress=False))
+    assert result["env"] == "ArmPickPlace-v0" and result["per_episode"][0]["steps"] >= 1
+    backend = AgentBackend.from_checkpoint(ckpt)
+    assert backend.spec.preprocessing.shape == (32, 64, 3) and backend.spec.camera == "table+workspace"
+    backend.warmup()
+    assert backend.encode(np.zeros((2, 32, 64, 3), np.uint8)).shape == (2, 16)
+    with pytest.raises(ValueError, match=r"S=32 .*2 views side by side"):
+        backend.encode(np.zeros((2, 32, 32, 3), np.uint8))
 
 
 def test_shards_merge_into_the_full_evaluation(tiny_ckpt, tmp_path):

@@ -104,6 +104,20 @@ def test_resize_only_when_asked(client):
     assert r.status_code == 200
 
 
+def test_a_model_of_two_whole_views_takes_an_image_twice_as_wide():
+    from planner.preprocess import Preprocessing
+    from server.images import ImageError, conform
+
+    rule = Preprocessing(size=16, views=2)
+    wide = np.concatenate([img(10), img(200)], axis=1)
+    assert conform(wide, rule, resize=False) is wide
+    with pytest.raises(ImageError, match=r"got 16x16, the model expects 32x16 RGB \(2 16x16 views side"):
+        conform(img(10), rule, resize=False)
+    big = np.concatenate([img(10, 40), img(200, 40)], axis=1)
+    out = conform(big, rule, resize=True)
+    assert out.shape == (16, 32, 3) and (out[:, :16] == 10).all() and (out[:, 16:] == 200).all()
+
+
 def jpeg_b64(value: int) -> str:
     buf = io.BytesIO()
     Image.fromarray(img(value)).save(buf, format="JPEG", quality=95)

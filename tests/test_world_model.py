@@ -179,6 +179,35 @@ def test_keypoint_latent_puts_scaled_coordinates_last_and_round_trips():
             WorldModelConfig(**{**SMALL, **bad, "enc_keypoint_latent": True})
 
 
+def test_views_side_by_side_each_go_through_the_shared_convs_with_their_own_keypoints():
+    """image_views=2: images [B,3,S,2S]; each view is encoded by the same convs as if alone, its 2P keypoint
+    coordinates fill its own block of the latent's last 4P dims, and a change in one view leaves the other
+    view's keypoints unchanged."""
+    m = small_model(image_views=2, enc_keypoints=2, enc_keypoint_layer=2, enc_keypoint_latent=True)
+    left, right = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
+    z = m.encode(torch.cat([left, right], dim=3))
+    assert z.shape == (3, 16) and m.cfg.latent_keypoint_dims == 8 and m.encoder.head.out_features == 8
+    assert m.encoder.head.in_features == 2 * (16 * 4 * 4 + 4)
+    enc = m.encoder
+    for view, images in ((0, left), (1, right)):
+        x = images
+        for i, layer in enumerate(enc.convs):
+            x = layer(x)
+            if i == enc.keypoint_at:
+                keypoints = enc.keypoints(x)
+        scale = enc.keypoint_scale[4 * view : 4 * view + 4]
+        torch.testing.assert_close(z[:, 8 + 4 * view : 12 + 4 * view], keypoints * scale)
+    moved = m.encode(torch.cat([left, right.flip(-1)], dim=3))
+    torch.testing.assert_close(moved[:, 8:12], z[:, 8:12])
+    assert not torch.allclose(moved[:, 12:], z[:, 12:])
+    with pytest.raises(ValueError, match=r"encode expects images \[B,3,32,64\]"):
+        m.encode(left)
+    with pytest.raises(ValueError, match="image_views"):
+        WorldModelConfig(**{**SMALL, "image_views": 0})
+    with pytest.raises(ValueError, match="enc_keypoints \\* image_views"):
+        WorldModelConfig(**{**SMALL, "image_views": 2, "enc_keypoints": 4, "enc_keypoint_latent": True})
+
+
 def test_rescaling_keypoint_dims_scales_them_and_keeps_the_energy_reading():
     torch.manual_seed(0)
     m = small_model(enc_keypoints=4, enc_keypoint_latent=True, energy_head_dim=3, energy_head_hidden=8)

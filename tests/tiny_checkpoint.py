@@ -28,3 +28,22 @@ def save_tiny_reach_model(path, goal_energy_threshold: float | None = 0.0):
                             pred_hidden=16)
     save(path, WorldModel(arch).eval(), tiny_reach_config(goal_energy_threshold))
     return path
+
+
+def save_tiny_two_view_model(path):
+    """Save a seeded, untrained tiny ArmPickPlace-v0 world model that sees the table and workspace cameras
+    as two whole 32 x 32 views side by side (image_views=2, 32 x 64 images); returns path."""
+    import torch
+
+    from planner.checkpoint import save
+    from planner.world_model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    arch = WorldModelConfig(image_size=32, image_views=2, latent_dim=16, history_len=2, enc_channels=(8, 8),
+                            enc_groups=4, pred_hidden=16, enc_keypoints=2, enc_keypoint_latent=True)
+    config = tiny_reach_config()
+    config["image"] = {"size": 32, "preprocessing": {"size": 32, "crop": "center", "views": 2}}
+    config["training_data"] = {"env_id": "ArmPickPlace-v0", "env_kwargs": {
+        "image_size": 32, "camera": "table+workspace", "view_layout": "wide"}}
+    save(path, WorldModel(arch).eval(), config)
+    return path
