@@ -122,8 +122,8 @@ def _names(spec: dict, dim: int, prefix: str) -> list[str]:
 
 
 def _features(meta: StoreMeta, cfg: ExportConfig, codec: str, fps: float | int) -> dict:
-    s, a, p, k = (
-        meta.image_size,
+    (h, w, _), a, p, k = (
+        meta.image_shape,
         meta.action_dim,
         int(meta.proprio_spec["dim"]),
         int(meta.task_state_spec["dim"]),
@@ -132,11 +132,11 @@ def _features(meta: StoreMeta, cfg: ExportConfig, codec: str, fps: float | int) 
     features = {
         cfg.camera_key: {
             "dtype": "video",
-            "shape": [s, s, 3],
+            "shape": [h, w, 3],
             "names": ["height", "width", "channels"],
             "info": {
-                "video.height": s,
-                "video.width": s,
+                "video.height": h,
+                "video.width": w,
                 "video.codec": codec,
                 "video.pix_fmt": "yuv420p",
                 "video.is_depth_map": False,

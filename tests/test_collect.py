@@ -371,6 +371,12 @@ def test_real_env_two_whole_views_are_stored_side_by_side(tmp_path):
     one_view = WorldModelConfig(image_size=16, enc_channels=(8, 16))
     with pytest.raises(TrainError, match="hold 2 view.*--model.image-views 2"):
         check_store(store, TrainConfig(data=out, out=tmp_path / "ck", model=one_view))
+    from planner.train_baselines import BaselineTrainConfig
+    from planner.train_baselines import run as train_baseline
+
+    for kind in ("pixel", "gcbc"):
+        with pytest.raises(TrainError, match="holds 2 views side by side.*one square view"):
+            train_baseline(BaselineTrainConfig(data=out, out=tmp_path / kind, model_type=kind))
 
 
 def test_worker_that_cannot_build_its_env_reports_instead_of_hanging(tmp_path):
