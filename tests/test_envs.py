@@ -241,6 +241,12 @@ def test_contact_sheet_rows_show_the_chosen_camera():
     assert grid.shape == (32 + GAP, 3 * (32 + GAP), 3)
     start, _ = envs.make_env("ArmPickPlace-v0", image_size=32, camera="table+workspace").reset(seed=0)
     np.testing.assert_array_equal(grid[:32, :32], start["image"])
+    wide = sheet("ArmPickPlace-v0", 1, 32, camera="table+workspace", view_layout="wide")
+    assert wide.shape == (32 + GAP, 2 * (64 + GAP) + 32 + GAP, 3)
+    start, info = envs.make_env("ArmPickPlace-v0", image_size=32, camera="table+workspace",
+                                view_layout="wide").reset(seed=0)
+    np.testing.assert_array_equal(wide[:32, :64], start["image"])
+    np.testing.assert_array_equal(wide[:32, 64 + GAP : 128 + GAP], info["goal_image"])
 
 
 def test_image_camera_names_the_view_a_store_was_rendered_from():
