@@ -105,8 +105,13 @@ class StoreMeta:
         return int(self.preprocessing["size"])
 
     @property
+    def image_views(self) -> int:
+        """V: whole square views side by side in each stored image (the rule's `views`)."""
+        return Preprocessing.from_dict(self.preprocessing).views
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, 3) of the stored images: (S, V*S, 3) with V the rule's side-by-side views."""
+        """(H, W, 3) of the stored images: (S, V*S, 3)."""
         return Preprocessing.from_dict(self.preprocessing).shape
 
     @property

@@ -225,7 +225,7 @@ def check_store(store: TrajectoryStore, cfg: TrainConfig) -> list[int]:
             f"{store.path / META_FILE}: images are {meta.image_size}x{meta.image_size} but the model expects "
             f"{cfg.model.image_size}; pass --model.image-size {meta.image_size}"
         )
-    views, model_views = meta.image_shape[1] // meta.image_size, getattr(cfg.model, "image_views", 1)
+    views, model_views = meta.image_views, getattr(cfg.model, "image_views", 1)
     if views != model_views:  # (the comparison models' configs have one view and no image_views)
         raise TrainError(
             f"{store.path / META_FILE}: images hold {views} view(s) side by side but the model expects "

@@ -216,10 +216,9 @@ def run(cfg: BaselineTrainConfig) -> Path:
         store = TrajectoryStore.open(cfg.data)
     except StoreError as e:
         raise TrainError(str(e)) from e
-    views = store.meta.image_shape[1] // store.meta.image_size
-    if views > 1:
-        raise TrainError(f"{cfg.data} holds {views} views side by side (view_layout='wide'); the comparison "
-                         "models take one square view per image")
+    if store.meta.image_views > 1:
+        raise TrainError(f"{cfg.data} holds {store.meta.image_views} views side by side (view_layout='wide'); "
+                         "the comparison models take one square view per image")
     try:
         indices = check_store(store, cfg)
     except TrainError as e:  # its messages name planner train's --model.* flags
