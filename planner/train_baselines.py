@@ -217,8 +217,8 @@ def run(cfg: BaselineTrainConfig) -> Path:
     except StoreError as e:
         raise TrainError(str(e)) from e
     if store.meta.image_views > 1:
-        raise TrainError(f"{cfg.data} holds {store.meta.image_views} views side by side (view_layout='wide'); "
-                         "the comparison models take one square view per image")
+        raise TrainError(f"{cfg.data} holds {store.meta.image_views} views side by side "
+                         "(view_layout='wide'); the comparison models take one square view per image")
     try:
         indices = check_store(store, cfg)
     except TrainError as e:  # its messages name planner train's --model.* flags
