@@ -152,3 +152,16 @@ def test_bad_export_inputs(tmp_path, store):
     with pytest.raises(ExportError, match="must not contain '/'"):
         export_lerobot(ExportConfig(format="lerobot", data=store.path, out=tmp_path / "o", camera_key="a/b"))
     assert not (tmp_path / "o").exists()
+
+
+def test_features_of_a_two_view_store_give_its_real_frame_shape(store):
+    """A store of two whole views side by side (S x 2S frames) is described as such, not as S x S."""
+    from dataclasses import replace
+
+    from planner.export import _features
+
+    wide = replace(store.meta, preprocessing={"size": 64, "crop": "center", "views": 2})
+    cfg = ExportConfig(format="lerobot", data=store.path, out=store.path.parent / "unused")
+    video = _features(wide, cfg, "h264", 10)[CAM]
+    assert video["shape"] == [64, 128, 3]
+    assert (video["info"]["video.height"], video["info"]["video.width"]) == (64, 128)
