@@ -222,7 +222,7 @@ class ArmEnv(gym.Env):
         self.views = views
         """The cameras rendered into each image, left to right (camera_views)."""
         self.view_layout = view_layout
-        wide = len(views) if view_layout == "wide" else 1
+        wide = image_views({"camera": camera, "view_layout": view_layout})
         self.image_shape = (self.image_size, wide * self.image_size, 3)
         """(H, W, 3) of every rendered image."""
         self.render_goal = render_goal

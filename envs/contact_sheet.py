@@ -17,6 +17,7 @@ import imageio.v3 as iio
 import numpy as np
 
 import envs
+from envs.arm import VIEW_LAYOUTS
 
 GAP = 2
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=int, default=3, help="nearest-neighbour upscaling for viewing")
     p.add_argument("--camera", default=None,
                    help="start and goal camera, e.g. table+workspace (default: the task's)")
-    p.add_argument("--view-layout", default="squeeze", choices=("squeeze", "wide"),
+    p.add_argument("--view-layout", default="squeeze", choices=VIEW_LAYOUTS,
                    help="several cameras squeezed into one square image, or whole views side by side")
     p.add_argument("--env", action="append", dest="env_ids", help="only this task (repeatable; default: all)")
     args = p.parse_args(argv)

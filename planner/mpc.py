@@ -167,7 +167,6 @@ class MPCAgent:
         validate_action_dims(self.solver.binary_dims, self.solver.fixed_dims, len(self.action_spec.low),
                              self.solver.low, self.solver.high)
         self.history_len = int(cfg["history_len"])
-        self.image_size = int(cfg["image"]["size"])
         self.image_shape = Preprocessing.from_checkpoint_config(cfg).shape
         """(S, V*S, 3): what encode takes, V square views side by side (1 for most models)."""
         threshold = cfg.get("goal_energy_threshold")

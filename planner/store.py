@@ -190,14 +190,14 @@ class Episode:
         if problems:
             return problems
         t = self.length
-        shape = meta.image_shape
+        image = meta.image_shape
         want = {
-            "images": (t + 1, *shape),
+            "images": (t + 1, *image),
             "proprio": (t + 1, int(meta.proprio_spec["dim"])),
             "actions": (t, meta.action_dim),
             "task_state": (t + 1, int(meta.task_state_spec["dim"])),
             "snapshots": (t + 1, meta.snapshot_dim),
-            "goal_image": shape,
+            "goal_image": image,
             "goal_task_state": (int(meta.task_state_spec["dim"]),),
         }
         for name, shape in want.items():

@@ -183,8 +183,8 @@ def predictions(model, frames: np.ndarray, actions: np.ndarray, device: str | to
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """frames uint8 [T+1,S,V*S,3], actions [T,A] normalized -> (predicted z[1..T], encoded z[1..T]), [T,D]."""
     cfg = model.cfg
-    views = getattr(cfg, "image_views", 1)  # pixel-space baselines take one square view
-    frames, actions = _check_clip(frames, actions, (cfg.image_size, views * cfg.image_size), cfg.action_dim)
+    frames, actions = _check_clip(frames, actions, (cfg.image_size, cfg.image_views * cfg.image_size),
+                                  cfg.action_dim)
     z = model.encode(images_to_model_input(np.ascontiguousarray(frames), device=device)).float()
     a = torch.as_tensor(actions, device=z.device)
     z_hist, a_hist = history_windows(z, a, model.history_len)

@@ -169,9 +169,8 @@ class Encoder(nn.Module):
                           if cfg.enc_keypoints else None)
         in_latent = cfg.latent_keypoint_dims
         self.keypoint_scale = nn.Parameter(torch.full((in_latent,), 3.0 ** 0.5)) if in_latent else None
-        views = cfg.image_views
         per_view = c_in * side * side + 2 * cfg.enc_keypoints
-        self.head = nn.Linear(views * per_view, cfg.latent_dim - in_latent)
+        self.head = nn.Linear(self.views * per_view, cfg.latent_dim - in_latent)
 
     def split_views(self, images: torch.Tensor) -> torch.Tensor:
         """images [N,3,S,V*S] -> [N*V,3,S,S], the views of image n at rows n*V .. n*V+V-1."""
