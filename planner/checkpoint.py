@@ -279,7 +279,9 @@ def _training_lines(config: dict) -> list[str]:
         f"{t.get('warmup_steps')}, cosine), seed {t.get('seed')}",
         f"- objective: teacher forcing + {obj.get('rollout_steps')}-step rollout loss, regularizer "
         f"`{obj.get('regularizer')}`, EMA target {obj.get('ema_target')}, temporal-ordering weight "
-        f"{obj.get('temporal_weight')} (span {obj.get('temporal_span')})",
+        f"{obj.get('temporal_weight')} (span {obj.get('temporal_span')})"
+        + (f", keypoint-spread hinge weight {w} (above {obj.get('keypoint_spread_cells')} cells)"
+           if (w := obj.get("keypoint_spread_weight")) else ""),
         *([f"- time: {timing['step_seconds'] / 60:.1f} min of optimizer steps on {timing['device']} "
            "(the last segment's device when resumed; energy-head fit and calibration not included)"]
           if (timing := config.get("training_time")) else []),

@@ -481,6 +481,9 @@ def run(cfg: TrainConfig) -> Path | None:
     if cfg.model.energy_head_dim:
         raise TrainError("--model.energy-head-dim is set by the energy-head fit after training; "
                          "use --energy-head.dim (and --no-fit-energy-head to skip the fit)")
+    if cfg.objective.keypoint_spread_weight > 0 and not cfg.model.enc_keypoints:
+        raise TrainError("--objective.keypoint-spread-weight penalizes keypoints' attention; the model has "
+                         "none (pass --model.enc-keypoints P)")
     torch.set_num_threads(cfg.threads)
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     dev_kind = "cuda" if use_cuda else "cpu"

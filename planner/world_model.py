@@ -8,6 +8,7 @@ target encoder, temporal-ordering energy shaping) lives here too, as pure functi
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -124,14 +125,22 @@ class SpatialSoftmax(nn.Module):
         self.log_temperature = nn.Parameter(torch.zeros(()))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.attend(feats)[0]
+
+    def attend(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats [N,C,H,W] -> (keypoints [N,2P], entropy [N,P] of each map's attention in nats: 0 when it
+        sits on one cell, log(H*W) when uniform; exp(entropy) is how many cells it effectively covers)."""
         logits = self.proj(feats)
         n, p, h, w = logits.shape
-        attn = torch.softmax(logits.flatten(2) / self.log_temperature.exp(), dim=-1).view(n, p, h, w)
+        log_attn = torch.log_softmax(logits.flatten(2) / self.log_temperature.exp(), dim=-1)
+        attn = log_attn.exp()
+        entropy = -(attn * log_attn).sum(-1)
+        attn = attn.view(n, p, h, w)
         ys = torch.linspace(-1.0, 1.0, h, device=feats.device, dtype=attn.dtype)
         xs = torch.linspace(-1.0, 1.0, w, device=feats.device, dtype=attn.dtype)
         x = (attn.sum(2) * xs).sum(-1)
         y = (attn.sum(3) * ys).sum(-1)
-        return torch.cat([x, y], dim=1)
+        return torch.cat([x, y], dim=1), entropy
 
 
 class CoordConv2d(nn.Conv2d):
@@ -180,18 +189,24 @@ class Encoder(nn.Module):
         return images.reshape(n, c, s, self.views, s).permute(0, 3, 1, 2, 4).reshape(n * self.views, c, s, s)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_with_attention(images)[0]
+
+    def encode_with_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images [N,3,S,V*S] -> (z [N,D], the keypoints' attention entropy [N,V*P] in nats, or None without
+        keypoints; what ObjectiveConfig.keypoint_spread_weight penalizes)."""
         n = images.shape[0]
         if self.keypoints is None:
-            return self.head(self.convs(self.split_views(images)).reshape(n, -1))
-        x, keypoints = self.split_views(images), None
+            return self.head(self.convs(self.split_views(images)).reshape(n, -1)), None
+        x, keypoints, entropy = self.split_views(images), None, None
         for i, layer in enumerate(self.convs):
             x = layer(x)
             if i == self.keypoint_at:
-                keypoints = self.keypoints(x).reshape(n, -1)
+                keypoints, entropy = self.keypoints.attend(x)
+                keypoints, entropy = keypoints.reshape(n, -1), entropy.reshape(n, -1)
         z = self.head(torch.cat([x.reshape(n, -1), keypoints], dim=1))
-        if self.keypoint_scale is None:
-            return z
-        return torch.cat([z, keypoints * self.keypoint_scale], dim=1)
+        if self.keypoint_scale is not None:
+            z = torch.cat([z, keypoints * self.keypoint_scale], dim=1)
+        return z, entropy
 
 
 class ResidualBlock(nn.Module):
@@ -334,7 +349,8 @@ class WorldModel(nn.Module):
         """Training forward pass (goes through DDP). images [B,T,3,S,S], actions [B,T-1,A].
 
         Returns z [B,T,D] (online latents), teacher-forced predictions tf [B,T-K,D] of frames K..T-1 from
-        true latents, and open-loop predictions roll [B,R,D] of frames K..K+R-1 from the first K latents.
+        true latents, and open-loop predictions roll [B,R,D] of frames K..K+R-1 from the first K latents;
+        with keypoints also keypoint_entropy [B,T,V*P] (Encoder.encode_with_attention).
         """
         b, t = images.shape[:2]
         k = self.cfg.history_len
@@ -343,8 +359,12 @@ class WorldModel(nn.Module):
                 f"need T >= K + rollout_steps = {k + rollout_steps} frames and T-1 actions, "
                 f"got images {tuple(images.shape)} actions {tuple(actions.shape)}"
             )
-        z = self.encoder(images.flatten(0, 1)).view(b, t, -1)
-        return {"z": z, **self.predict_windows(z, actions, rollout_steps)}
+        z, entropy = self.encoder.encode_with_attention(images.flatten(0, 1))
+        z = z.view(b, t, -1)
+        out = {"z": z, **self.predict_windows(z, actions, rollout_steps)}
+        if entropy is not None:
+            out["keypoint_entropy"] = entropy.view(b, t, -1)
+        return out
 
     def predict_windows(self, z: torch.Tensor, actions: torch.Tensor,
                         rollout_steps: int) -> dict[str, torch.Tensor]:
@@ -399,6 +419,15 @@ class ObjectiveConfig:
     """Longest offset k of the temporal term; windows hold max(K + R, span + 1) frames."""
     temporal_margin: float = 0.05
     """Hinge margin, relative to the mean latent distance in the batch."""
+    keypoint_spread_weight: float = 0.0
+    """Weight of a hinge on how widely each spatial-softmax keypoint spreads its attention: the mean of
+    relu(entropy - log(keypoint_spread_cells)), entropy in nats. Trained without it, each keypoint's
+    attention grows nearly uniform (docs/BENCHMARKS.md, session 14) and its coordinate a blend that follows
+    the block only weakly; the hinge keeps it on a few cells. Needs a model with enc_keypoints > 0; 0: off
+    (the mean spread is logged as `keypoint_cells` either way)."""
+    keypoint_spread_cells: float = 4.0
+    """Cells of the keypoint map an attention may cover unpenalized (exp of its entropy); a few cells leave
+    the coordinate sub-cell precision (a block covers about 2 x 2 cells of the 16 x 16 map)."""
 
     def __post_init__(self) -> None:
         if self.regularizer not in ("vicreg", "sigreg", "none"):
@@ -407,6 +436,9 @@ class ObjectiveConfig:
             raise ValueError(f"rollout_steps must be >= 1, got {self.rollout_steps}")
         if self.temporal_span < 1:
             raise ValueError(f"temporal_span must be >= 1, got {self.temporal_span}")
+        if self.keypoint_spread_weight < 0 or self.keypoint_spread_cells < 1:
+            raise ValueError("keypoint_spread_weight must be >= 0 and keypoint_spread_cells >= 1, got "
+                             f"{self.keypoint_spread_weight}, {self.keypoint_spread_cells}")
 
     def window_len(self, history_len: int) -> int:
         """Frames per training window."""
@@ -490,5 +522,15 @@ def jepa_loss(
         temp = temporal_ordering(z, obj.temporal_span, obj.temporal_margin)
         total = total + obj.temporal_weight * temp
         parts["temporal"] = temp.item()
+    entropy = out.get("keypoint_entropy")
+    if obj.keypoint_spread_weight > 0:
+        if entropy is None:
+            raise ValueError("keypoint_spread_weight > 0 needs a model with keypoints "
+                             "(--model.enc-keypoints)")
+        spread = F.relu(entropy.float() - math.log(obj.keypoint_spread_cells)).mean()
+        total = total + obj.keypoint_spread_weight * spread
+        parts["keypoint_spread"] = spread.item()
+    if entropy is not None:
+        parts["keypoint_cells"] = entropy.detach().float().exp().mean().item()
     parts["loss"] = total.item()
     return total, parts

@@ -262,3 +262,17 @@ def test_energy_head_dim_is_not_set_by_hand(store_path, tmp_path):
 
     with pytest.raises(TrainError, match="energy-head-dim is set by the energy-head fit"):
         run(tiny_cfg(store_path, tmp_path, model=dataclasses.replace(MODEL, energy_head_dim=4)))
+
+
+def test_keypoint_spread_hinge_trains_logs_and_is_on_the_card(store_path, tmp_path):
+    import dataclasses
+
+    objective = dataclasses.replace(OBJ, keypoint_spread_weight=1.0, keypoint_spread_cells=2.0)
+    with pytest.raises(TrainError, match="the model has none"):
+        run(tiny_cfg(store_path, tmp_path, objective=objective))
+    model = dataclasses.replace(MODEL, enc_keypoints=2, enc_keypoint_latent=True)
+    path = run(tiny_cfg(store_path, tmp_path, model=model, objective=objective))
+    rows = read_log(tmp_path / "log" / "train_log.csv")
+    assert float(rows[-1]["keypoint_cells"]) < float(rows[0]["keypoint_cells"])
+    assert float(rows[0]["keypoint_spread"]) > 0
+    assert "keypoint-spread hinge weight 1.0 (above 2.0 cells)" in (path / "card.md").read_text()

@@ -1,5 +1,8 @@
 """World model: shapes, rollout == repeated predict, objective terms, collapse watch."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -140,6 +143,52 @@ def test_spatial_softmax_keypoints_find_a_bright_spot():
     grid = torch.linspace(-1, 1, 16)
     torch.testing.assert_close(xy[0], torch.stack([grid[12], grid[3]]), atol=0.02, rtol=0)
     torch.testing.assert_close(xy[1], torch.stack([grid[0], grid[15]]), atol=0.02, rtol=0)
+
+
+def test_keypoint_attention_entropy_reads_how_many_cells_each_keypoint_covers():
+    from planner.world_model import SpatialSoftmax
+
+    ss = SpatialSoftmax(channels=1, keypoints=1)
+    with torch.no_grad():
+        ss.proj.weight.fill_(1.0)
+        ss.proj.bias.zero_()
+        ss.log_temperature.fill_(-3.0)
+    feats = torch.zeros(2, 1, 16, 16)
+    feats[0, 0, 3, 12] = 1.0  # one bright cell: the attention sits on it
+    xy, entropy = ss.attend(feats)  # feats[1] is flat: uniform attention over 256 cells
+    assert entropy.shape == (2, 1)
+    torch.testing.assert_close(xy, ss(feats))
+    assert entropy[0].exp() < 1.01
+    torch.testing.assert_close(entropy[1].exp(), torch.tensor([256.0]))
+
+
+def test_keypoint_spread_hinge_concentrates_the_attention():
+    """The hinge is relu(entropy - log(cells)), added with its weight; training with it shrinks the cells
+    each keypoint covers; it refuses a model without keypoints."""
+    m = small_model(enc_keypoints=4, enc_keypoint_layer=2, enc_keypoint_latent=True)
+    imgs, acts = torch.rand(4, 6, 3, 32, 32) * 2 - 1, torch.randn(4, 5, 4)
+    base = ObjectiveConfig(regularizer="none", temporal_weight=0.0, rollout_steps=3)
+    out = m(imgs, acts, 3)
+    assert out["keypoint_entropy"].shape == (4, 6, 4)
+    _, plain = jepa_loss(out, base, 2, torch.Generator())
+    hinge = dataclasses.replace(base, keypoint_spread_weight=2.0, keypoint_spread_cells=3.0)
+    _, parts = jepa_loss(out, hinge, 2, torch.Generator())
+    expected = torch.relu(out["keypoint_entropy"] - math.log(3.0)).mean().item()
+    assert parts["keypoint_spread"] == pytest.approx(expected) and expected > 0
+    assert parts["loss"] == pytest.approx(plain["loss"] + 2.0 * expected)
+    assert plain["keypoint_cells"] == pytest.approx(out["keypoint_entropy"].exp().mean().item())
+    before = plain["keypoint_cells"]
+    opt = torch.optim.Adam(m.encoder.parameters(), lr=0.05)
+    for _ in range(30):
+        loss, parts = jepa_loss(m(imgs, acts, 3), hinge, 2, torch.Generator())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert parts["keypoint_cells"] < 0.5 * before
+    with pytest.raises(ValueError, match="needs a model with keypoints"):
+        jepa_loss(small_model()(imgs, acts, 3), hinge, 2, torch.Generator())
+    with pytest.raises(ValueError, match="keypoint_spread_cells"):
+        ObjectiveConfig(keypoint_spread_cells=0.5)
 
 
 def test_encoder_with_keypoints_shapes_gradients_and_config_checks():
