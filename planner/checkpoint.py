@@ -276,7 +276,8 @@ def _training_lines(config: dict) -> list[str]:
     obj = t.get("objective", {})
     return [
         f"- steps {t.get('steps')}, batch {t.get('batch_size')}, lr {t.get('lr')} (AdamW, warmup "
-        f"{t.get('warmup_steps')}, cosine), seed {t.get('seed')}",
+        f"{t.get('warmup_steps')}, cosine), seed {t.get('seed')}"
+        + (f", starting from the weights of `{init}` (--init-from)" if (init := t.get("init_from")) else ""),
         f"- objective: teacher forcing + {obj.get('rollout_steps')}-step rollout loss, regularizer "
         f"`{obj.get('regularizer')}`, EMA target {obj.get('ema_target')}, temporal-ordering weight "
         f"{obj.get('temporal_weight')} (span {obj.get('temporal_span')})"

@@ -67,6 +67,10 @@ class TrainConfig:
     """`auto`: CUDA when present, else CPU. Under torchrun each rank uses cuda:LOCAL_RANK."""
     resume: bool = False
     """Continue from LOG_DIR/train_state.pt (same config required; continues exactly)."""
+    init_from: Path | None = None
+    """Start from this checkpoint's encoder and predictor weights instead of a random initialization, with
+    a fresh optimizer and LR schedule over --steps (train a finished model longer, or on more data). Its
+    architecture must equal --model's; its energy head is dropped (the fit after training makes a new one)."""
     log_dir: Path | None = None
     """Where train_log.csv, val_log.csv and train_state.pt go (default: runs/<out dir name>)."""
     batch_size: int = 32
@@ -243,6 +247,27 @@ def check_store(store: TrajectoryStore, cfg: TrainConfig) -> list[int]:
             "Collect more with `planner collect --resume --episodes N`"
         )
     return indices
+
+
+def init_weights(model: WorldModel, path: Path) -> None:
+    """Copy checkpoint `path`'s encoder and predictor weights into `model` (--init-from); raises TrainError
+    when it cannot be loaded or its architecture differs from the model's (energy head aside)."""
+    try:
+        loaded = checkpoint.load(path)
+    except (checkpoint.CheckpointError, OSError) as e:
+        raise TrainError(f"--init-from: {e}") from e
+    if loaded.config.get("model_type") != "jepa":
+        kind = loaded.config.get("model_type")
+        raise TrainError(f"--init-from: {path} is a {kind!r} model, not a jepa one")
+    head = {"energy_head_dim": 0, "energy_head_hidden": model.cfg.energy_head_hidden}
+    theirs, ours = {**loaded.model.cfg.to_dict(), **head}, model.cfg.to_dict()
+    diff = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if diff:
+        shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in diff)
+        raise TrainError(f"--init-from: {path} has a different architecture ({shown}); pass the same "
+                         "--model flags it was trained with")
+    state = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("energy_head.")}
+    model.load_state_dict(state)
 
 
 def config_dict(cfg: TrainConfig) -> dict:
@@ -501,7 +526,10 @@ def run(cfg: TrainConfig) -> Path | None:
     state_path = log_dir / STATE_FILE
 
     torch.manual_seed(cfg.seed)
-    model = WorldModel(cfg.model).to(device)
+    model = WorldModel(cfg.model)
+    if cfg.init_from is not None:
+        init_weights(model, Path(cfg.init_from))
+    model = model.to(device)
     ema = copy.deepcopy(model.encoder).requires_grad_(False) if cfg.objective.ema_target else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = load_state(state_path, model, ema, opt, cfg) if cfg.resume else 0

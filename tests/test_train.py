@@ -276,3 +276,21 @@ def test_keypoint_spread_hinge_trains_logs_and_is_on_the_card(store_path, tmp_pa
     assert float(rows[-1]["keypoint_cells"]) < float(rows[0]["keypoint_cells"])
     assert float(rows[0]["keypoint_spread"]) > 0
     assert "keypoint-spread hinge weight 1.0 (above 2.0 cells)" in (path / "card.md").read_text()
+
+
+def test_init_from_starts_at_a_checkpoints_weights_and_checks_its_architecture(store_path, tmp_path):
+    import dataclasses
+
+    first = run(tiny_cfg(store_path, tmp_path / "a"))
+    path = run(tiny_cfg(store_path, tmp_path / "b", init_from=first, steps=1, lr=1e-12,
+                        fit_energy_head=False))
+    before, after = load(first).model.state_dict(), load(path).model.state_dict()
+    assert "energy_head.net.0.weight" in before and not any(k.startswith("energy_head.") for k in after)
+    for k, v in after.items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=1e-6)  # one step at lr 1e-12 moves nothing
+    assert f"starting from the weights of `{first}` (--init-from)" in (path / "card.md").read_text()
+    wider = dataclasses.replace(MODEL, latent_dim=24)
+    with pytest.raises(TrainError, match=r"different architecture \(latent_dim: 16 there, 24 here\)"):
+        run(tiny_cfg(store_path, tmp_path / "c", init_from=first, model=wider))
+    with pytest.raises(TrainError, match="--init-from: .* is missing|--init-from: .*does not exist"):
+        run(tiny_cfg(store_path, tmp_path / "d", init_from=tmp_path / "nowhere"))
