@@ -256,12 +256,10 @@ def init_weights(model: WorldModel, path: Path) -> None:
         loaded = checkpoint.load(path)
     except (checkpoint.CheckpointError, OSError) as e:
         raise TrainError(f"--init-from: {e}") from e
-    if loaded.config.get("model_type") != "jepa":
-        kind = loaded.config.get("model_type")
+    if (kind := loaded.config.get("model_type")) != "jepa":
         raise TrainError(f"--init-from: {path} is a {kind!r} model, not a jepa one")
-    head = {"energy_head_dim": 0, "energy_head_hidden": model.cfg.energy_head_hidden}
-    theirs, ours = {**loaded.model.cfg.to_dict(), **head}, model.cfg.to_dict()
-    diff = sorted(k for k in ours if theirs.get(k) != ours[k])
+    theirs, ours = loaded.model.cfg.to_dict(), model.cfg.to_dict()
+    diff = sorted(k for k in ours if not k.startswith("energy_head") and theirs.get(k) != ours[k])
     if diff:
         shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in diff)
         raise TrainError(f"--init-from: {path} has a different architecture ({shown}); pass the same "

@@ -125,22 +125,32 @@ class SpatialSoftmax(nn.Module):
         self.log_temperature = nn.Parameter(torch.zeros(()))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.attend(feats)[0]
+        logits = self._logits(feats)
+        return self._expected_xy(torch.softmax(logits, dim=-1), feats.shape[-2:])
 
     def attend(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats [N,C,H,W] -> (keypoints [N,2P], entropy [N,P] of each map's attention in nats: 0 when it
-        sits on one cell, log(H*W) when uniform; exp(entropy) is how many cells it effectively covers)."""
-        logits = self.proj(feats)
-        n, p, h, w = logits.shape
-        log_attn = torch.log_softmax(logits.flatten(2) / self.log_temperature.exp(), dim=-1)
+        """feats [N,C,H,W] -> (keypoints [N,2P] as `forward`, entropy [N,P] of each map's attention in
+        nats: 0 when it sits on one cell, log(H*W) when uniform; exp(entropy) is how many cells it
+        effectively covers). Training only; encoding for planning calls `forward`."""
+        log_attn = torch.log_softmax(self._logits(feats), dim=-1)
         attn = log_attn.exp()
-        entropy = -(attn * log_attn).sum(-1)
+        return self._expected_xy(attn, feats.shape[-2:]), -(attn * log_attn).sum(-1)
+
+    def _logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats [N,C,H,W] -> tempered logits [N,P,H*W]."""
+        return self.proj(feats).flatten(2) / self.log_temperature.exp()
+
+    @staticmethod
+    def _expected_xy(attn: torch.Tensor, hw: torch.Size) -> torch.Tensor:
+        """attn [N,P,H*W] (each row sums to 1) -> expected coordinates [N,2P], x then y in [-1, 1]."""
+        n, p, _ = attn.shape
+        h, w = hw
         attn = attn.view(n, p, h, w)
-        ys = torch.linspace(-1.0, 1.0, h, device=feats.device, dtype=attn.dtype)
-        xs = torch.linspace(-1.0, 1.0, w, device=feats.device, dtype=attn.dtype)
+        ys = torch.linspace(-1.0, 1.0, h, device=attn.device, dtype=attn.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=attn.device, dtype=attn.dtype)
         x = (attn.sum(2) * xs).sum(-1)
         y = (attn.sum(3) * ys).sum(-1)
-        return torch.cat([x, y], dim=1), entropy
+        return torch.cat([x, y], dim=1)
 
 
 class CoordConv2d(nn.Conv2d):
@@ -189,11 +199,15 @@ class Encoder(nn.Module):
         return images.reshape(n, c, s, self.views, s).permute(0, 3, 1, 2, 4).reshape(n * self.views, c, s, s)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encode_with_attention(images)[0]
+        return self._encode(images, with_entropy=False)[0]
 
     def encode_with_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """images [N,3,S,V*S] -> (z [N,D], the keypoints' attention entropy [N,V*P] in nats, or None without
-        keypoints; what ObjectiveConfig.keypoint_spread_weight penalizes)."""
+        keypoints; what ObjectiveConfig.keypoint_spread_weight penalizes). Training only; z equals
+        forward's."""
+        return self._encode(images, with_entropy=True)
+
+    def _encode(self, images: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         n = images.shape[0]
         if self.keypoints is None:
             return self.head(self.convs(self.split_views(images)).reshape(n, -1)), None
@@ -201,8 +215,12 @@ class Encoder(nn.Module):
         for i, layer in enumerate(self.convs):
             x = layer(x)
             if i == self.keypoint_at:
-                keypoints, entropy = self.keypoints.attend(x)
-                keypoints, entropy = keypoints.reshape(n, -1), entropy.reshape(n, -1)
+                if with_entropy:
+                    keypoints, entropy = self.keypoints.attend(x)
+                    entropy = entropy.reshape(n, -1)
+                else:
+                    keypoints = self.keypoints(x)
+                keypoints = keypoints.reshape(n, -1)
         z = self.head(torch.cat([x.reshape(n, -1), keypoints], dim=1))
         if self.keypoint_scale is not None:
             z = torch.cat([z, keypoints * self.keypoint_scale], dim=1)

@@ -170,6 +170,7 @@ def test_keypoint_spread_hinge_concentrates_the_attention():
     base = ObjectiveConfig(regularizer="none", temporal_weight=0.0, rollout_steps=3)
     out = m(imgs, acts, 3)
     assert out["keypoint_entropy"].shape == (4, 6, 4)
+    torch.testing.assert_close(out["z"], m.encode(imgs.flatten(0, 1)).view(4, 6, -1))  # the same z as forward
     _, plain = jepa_loss(out, base, 2, torch.Generator())
     hinge = dataclasses.replace(base, keypoint_spread_weight=2.0, keypoint_spread_cells=3.0)
     _, parts = jepa_loss(out, hinge, 2, torch.Generator())
