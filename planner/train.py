@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Literal
@@ -277,10 +277,45 @@ def config_dict(cfg: TrainConfig) -> dict:
 RESUME_FREE = {"resume", "stop_at", "workers", "log_dir", "val_every", "save_every", "device", "threads"}
 
 
-def check_resume_config(saved: dict, now: dict, path: Path) -> None:
-    diff = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now.get(k))
+def with_added_defaults(saved: dict, cls: type) -> dict:
+    """A saved config (dict) with the fields a later version added to `cls` (nested dataclasses included)
+    filled in at their defaults, so a run stopped before an option existed still resumes. Options are only
+    ever added with a default that keeps the old behaviour (docs/MODEL.md); a field the saved config does
+    hold is left as it is and still compared."""
+    out = dict(saved)
+    for f in fields(cls):
+        if f.name not in out:
+            if f.default is not MISSING:
+                out[f.name] = json.loads(json.dumps(f.default, default=str))
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+                out[f.name] = json.loads(json.dumps(
+                    asdict(default) if is_dataclass(default) else default, default=str))
+        elif isinstance(out[f.name], dict) and f.default_factory is not MISSING \
+                and is_dataclass(sub := f.default_factory()):
+            out[f.name] = with_added_defaults(out[f.name], type(sub))
+    return out
+
+
+def config_differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """`key: saved X vs now Y` for each leaf that differs, nested configs as dotted keys."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: saved {a!r} vs now {b!r}")
+    return out
+
+
+def check_resume_config(saved: dict, cfg, path: Path) -> None:
+    """Refuse a resume whose config (a TrainConfig or a refit's config) differs from the saved one."""
+    saved, now = with_added_defaults(saved, type(cfg)), config_dict(cfg)
+    diff = config_differences({k: v for k, v in saved.items() if k not in RESUME_FREE},
+                              {k: v for k, v in now.items() if k not in RESUME_FREE})
     if diff:
-        shown = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {now.get(k)!r}" for k in diff)
+        shown = ", ".join(diff)
         raise TrainError(f"{path} was written with a different config ({shown}); rerun with the same flags")
 
 
@@ -309,7 +344,7 @@ def load_state(path: Path, model: nn.Module, ema: nn.Module | None, opt, cfg: Tr
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError) as e:
         raise TrainError(f"{path} is corrupt or truncated ({e}); delete it to start over") from e
-    check_resume_config(json.loads(state["config"]), config_dict(cfg), path)
+    check_resume_config(json.loads(state["config"]), cfg, path)
     model.load_state_dict(state["model"])
     if ema is not None:
         ema.load_state_dict(state["ema"])

@@ -188,6 +188,24 @@ def test_resume_refuses_changed_config(store_path, tmp_path):
         run(tiny_cfg(store_path, tmp_path / "fresh", resume=True))
 
 
+def test_resume_accepts_a_state_from_before_an_option_existed(store_path, tmp_path):
+    """A state saved before the keypoint-spread options existed resumes; a changed option still fails."""
+    run(tiny_cfg(store_path, tmp_path, stop_at=10))
+    path = tmp_path / "log" / "train_state.pt"
+    state = torch.load(path, weights_only=True)
+    saved = json.loads(state["config"])
+    del saved["objective"]["keypoint_spread_weight"], saved["objective"]["keypoint_spread_cells"]
+    del saved["init_from"]
+    state["config"] = json.dumps(saved)
+    torch.save(state, path)
+    changed = r"different config \(objective.keypoint_spread_cells: saved 4.0 vs now 8.0\)"
+    with pytest.raises(TrainError, match=changed):
+        run(tiny_cfg(store_path, tmp_path, resume=True,
+                     objective=ObjectiveConfig(rollout_steps=3, temporal_span=5, keypoint_spread_cells=8.0)))
+    run(tiny_cfg(store_path, tmp_path, resume=True))
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
 def test_bad_stores_are_clear_errors(store_path, tmp_path):
     with pytest.raises(TrainError, match="--model.image-size 32"):
         run(tiny_cfg(store_path, tmp_path, model=WorldModelConfig(image_size=64, action_dim=2)))
