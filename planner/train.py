@@ -258,19 +258,19 @@ def init_weights(model: WorldModel, path: Path) -> None:
         raise TrainError(f"--init-from: {e}") from e
     if (kind := loaded.config.get("model_type")) != "jepa":
         raise TrainError(f"--init-from: {path} is a {kind!r} model, not a jepa one")
-    theirs, ours = loaded.model.cfg.to_dict(), model.cfg.to_dict()
-    diff = sorted(k for k in ours if not k.startswith("energy_head") and theirs.get(k) != ours[k])
-    if diff:
-        shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in diff)
+    theirs, ours = ({k: v for k, v in c.to_dict().items() if not k.startswith("energy_head")}
+                    for c in (loaded.model.cfg, model.cfg))
+    if diff := config_differences(theirs, ours):
+        shown = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, a, b in diff)
         raise TrainError(f"--init-from: {path} has a different architecture ({shown}); pass the same "
                          "--model flags it was trained with")
     state = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("energy_head.")}
     model.load_state_dict(state)
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    """JSON-able config."""
-    return json.loads(json.dumps(asdict(cfg), default=str))
+def config_dict(cfg):
+    """A config dataclass (or one of its field values) as plain JSON values."""
+    return json.loads(json.dumps(asdict(cfg) if is_dataclass(cfg) else cfg, default=str))
 
 
 # Fields that may differ between a run and its --resume without changing the result.
@@ -285,27 +285,22 @@ def with_added_defaults(saved: dict, cls: type) -> dict:
     out = dict(saved)
     for f in fields(cls):
         if f.name not in out:
-            if f.default is not MISSING:
-                out[f.name] = json.loads(json.dumps(f.default, default=str))
-            elif f.default_factory is not MISSING:
-                default = f.default_factory()
-                out[f.name] = json.loads(json.dumps(
-                    asdict(default) if is_dataclass(default) else default, default=str))
+            out[f.name] = config_dict(f.default if f.default is not MISSING else f.default_factory())
         elif isinstance(out[f.name], dict) and f.default_factory is not MISSING \
                 and is_dataclass(sub := f.default_factory()):
             out[f.name] = with_added_defaults(out[f.name], type(sub))
     return out
 
 
-def config_differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    """`key: saved X vs now Y` for each leaf that differs, nested configs as dotted keys."""
+def config_differences(first: dict, second: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, first's value, second's value) for each leaf that differs; nested configs as dotted keys."""
     out = []
-    for k in sorted(set(saved) | set(now)):
-        a, b = saved.get(k), now.get(k)
+    for k in sorted(set(first) | set(second)):
+        a, b = first.get(k), second.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_differences(a, b, f"{prefix}{k}.")
         elif a != b:
-            out.append(f"{prefix}{k}: saved {a!r} vs now {b!r}")
+            out.append((f"{prefix}{k}", a, b))
     return out
 
 
@@ -315,7 +310,7 @@ def check_resume_config(saved: dict, cfg, path: Path) -> None:
     diff = config_differences({k: v for k, v in saved.items() if k not in RESUME_FREE},
                               {k: v for k, v in now.items() if k not in RESUME_FREE})
     if diff:
-        shown = ", ".join(diff)
+        shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, a, b in diff)
         raise TrainError(f"{path} was written with a different config ({shown}); rerun with the same flags")
 
 
